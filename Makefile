@@ -1,0 +1,44 @@
+# The two commands of the README's quick start: `make test` and `make stress`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Debian/Ubuntu packages the tests and the harness start (binary:package).
+SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
+
+.PHONY: test stress lint servers venv clean
+
+test: venv servers
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+stress: venv servers
+	$(BIN)/python -m stress $(STRESS_ARGS)
+
+lint: venv
+	$(BIN)/ruff check greenpool tests stress
+	$(BIN)/ruff format --check greenpool tests stress
+	$(BIN)/mypy
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Install the servers from the OS packages when they are missing.
+servers:
+	@missing=""; for pair in $(SERVERS); do \
+	    command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "Installing$$missing from the OS packages"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
+	    else \
+	        echo "Missing:$$missing. Install with: sudo apt-get install -y$$missing" >&2; exit 1; \
+	    fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""greenpool: fair, interruption-safe connection pools for gevent.
+
+``Pool`` (the generic core) and the errors import with gevent alone; ``GeventPool`` (redis-py) and
+``TarantoolPool`` (tarantool-python) are imported on first access, so their clients are only needed by
+those who use them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from greenpool.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting, UnknownConnection, WrongThread
+from greenpool.pool import Pool, PooledConnection
+
+if TYPE_CHECKING:
+    from greenpool.redis import GeventPool
+    from greenpool.tarantool import TarantoolPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GeventPool",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "PooledConnection",
+    "TarantoolPool",
+    "TooManyWaiting",
+    "UnknownConnection",
+    "WrongThread",
+]
+
+_LAZY = {"GeventPool": "greenpool.redis", "TarantoolPool": "greenpool.tarantool"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'greenpool' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,35 @@
+"""The one seam between the core pool and gevent.
+
+Everything the core needs from gevent (the hub and its loop, the current greenlet, the idle stack's queue
+class, spawning) and from the process (a fork generation counter, the thread identity, a clock) comes from
+here, so that ``greenpool.pool`` reads as plain logic. Depends on gevent only.
+"""
+
+from __future__ import annotations
+
+import os
+from _thread import get_ident as thread_ident
+from time import monotonic
+
+from gevent import getcurrent, spawn
+from gevent.hub import get_hub
+from gevent.queue import LifoQueue
+
+__all__ = ["LifoQueue", "fork_generation", "get_hub", "getcurrent", "monotonic", "spawn", "thread_ident"]
+
+_generation = [0]
+
+
+def fork_generation() -> int:
+    """Return a number that changes in a child process after each ``os.fork()``.
+
+    Comparing it costs no system call, unlike ``os.getpid()``.
+    """
+    return _generation[0]
+
+
+def _after_fork_in_child() -> None:
+    _generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

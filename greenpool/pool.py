@@ -1,0 +1,736 @@
+"""``greenpool.Pool``: the generic blocking connection pool for gevent.
+
+Idle connections live on a ``gevent.queue.LifoQueue`` (the most recently used one is reused first, so
+surplus connections go idle and can be reaped). Greenlets that find no idle connection and no free slot
+queue in a FIFO of waiters; a released connection (or a freed slot) is handed directly to the oldest live
+waiter, so a greenlet that releases and asks again queues behind the others (no barging). A waiter that
+gave up (timed out, was killed) refuses the hand-off, which goes to the next one: nothing is lost.
+
+The pool knows nothing of Redis or Tarantool: it is given a ``create`` callable and optional ``close`` and
+``check`` callables. Depends on ``greenpool._green`` (the gevent seam), ``errors``, ``stats``, ``_validate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+import weakref
+from collections import deque
+from types import TracebackType
+from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
+
+from greenpool import _green
+from greenpool._validate import check_callable, check_int, check_seconds
+from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection, WrongThread
+from greenpool.stats import Counters
+
+__all__ = ["Pool", "PooledConnection"]
+
+logger = logging.getLogger("greenpool")
+
+C = TypeVar("C")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+#: Marker for "use the pool's own setting".
+UNSET: Any = _Unset()
+
+# Waiter states.
+_WAITING, _GIVEN, _DONE, _GONE = 0, 1, 2, 3
+
+
+class _Slot:
+    """Handed to a waiter instead of a connection: "a slot is free, create a connection in it"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<slot>"
+
+
+_SLOT = _Slot()
+
+
+class _Entry:
+    """A connection and what the pool knows about it."""
+
+    __slots__ = ("conn", "expires", "last_used", "leak_timer")
+
+    def __init__(self, conn: Any, expires: float, now: float) -> None:
+        self.conn = conn
+        self.expires = expires
+        self.last_used = now
+        self.leak_timer: Any = None
+
+
+class _Waiter:
+    """A greenlet queued for a connection; ``value`` is what it was handed."""
+
+    __slots__ = ("greenlet", "state", "value")
+
+    def __init__(self, greenlet: Any) -> None:
+        self.greenlet = greenlet
+        self.state = _WAITING
+        self.value: Any = None
+
+
+class PooledConnection(Generic[C]):
+    """Context manager returned by :meth:`Pool.connection`.
+
+    ``__enter__`` checks a connection out (blocking as :meth:`Pool.acquire` does) and returns it;
+    ``__exit__`` returns it to the pool, or discards it if the block raised anything but one of the pool's
+    ``keep_on`` exceptions.
+    """
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: "Pool[C]", timeout: Any) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> C:
+        self._conn = self._pool.acquire(self._timeout)
+        return self._conn  # type: ignore[no-any-return]
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        conn, self._conn = self._conn, None
+        discard = exc is not None and not isinstance(exc, self._pool.keep_on)
+        self._pool.release(conn, discard=discard)
+
+
+class Pool(Generic[C]):
+    """A fair, bounded, blocking pool of connections for one gevent hub.
+
+    ``create()`` makes a new connection (it may block, e.g. to connect); ``close(conn)`` closes one (default:
+    call its ``close()`` method if it has one); ``check(conn)`` tells whether an idle connection still works
+    (raise or return ``False`` for "broken"). Every other setting is keyword-only:
+
+    - ``max_size``: the hard limit of open connections (in use + idle + being created).
+    - ``min_size``: connections kept open even when idle (see :meth:`prewarm`).
+    - ``timeout``: default seconds :meth:`acquire` waits; ``None`` waits forever, ``0`` never waits.
+    - ``check_after_idle``: run ``check`` on checkout only when the connection has been idle this long
+      (recent use proves liveness); ``0`` checks on every checkout.
+    - ``max_lifetime``: close connections this old (less up to 10 % jitter) instead of reusing them.
+    - ``max_idle``: close idle connections above ``min_size`` after this long unused.
+    - ``leak_threshold``: log a warning, with the stack that checked it out, for a connection held longer.
+    - ``max_waiting``: refuse a checkout at once with :class:`TooManyWaiting` when this many greenlets
+      already wait (``0``: no limit).
+    - ``keep_on``: exception classes that leave a connection reusable when they escape a
+      ``with pool.connection()`` block (e.g. a server's error reply); any other exception discards it.
+    - ``name``: shown in ``repr``, log records and errors.
+
+    A pool belongs to the first thread (gevent hub) that checks a connection out; using it from another
+    thread raises :class:`WrongThread`. After ``os.fork()`` the child's pool starts empty and never touches
+    the parent's connections.
+    """
+
+    #: Raised when a checkout times out; adapters substitute a subclass that is also their client's error.
+    timeout_error: Type[PoolTimeout] = PoolTimeout
+    #: Raised when the pool is closed.
+    closed_error: Type[PoolClosed] = PoolClosed
+    #: Raised when ``max_waiting`` greenlets already wait.
+    too_many_waiting_error: Type[TooManyWaiting] = TooManyWaiting
+
+    def __init__(
+        self,
+        create: Callable[[], C],
+        close: Optional[Callable[[C], Any]] = None,
+        check: Optional[Callable[[C], Any]] = None,
+        *,
+        max_size: int = 10,
+        min_size: int = 0,
+        timeout: Optional[float] = 30.0,
+        check_after_idle: Optional[float] = 1.0,
+        max_lifetime: Optional[float] = None,
+        max_idle: Optional[float] = None,
+        leak_threshold: Optional[float] = None,
+        max_waiting: int = 0,
+        keep_on: Tuple[Type[BaseException], ...] = (),
+        name: Optional[str] = None,
+    ) -> None:
+        self._create = check_callable("create", create, allow_none=False)
+        self._close = check_callable("close", close)
+        self._check = check_callable("check", check)
+        self.max_size, self.min_size = _check_sizes(min_size, max_size)
+        self.timeout = check_seconds("timeout", timeout)
+        self.check_after_idle = check_seconds("check_after_idle", check_after_idle)
+        self.max_lifetime = check_seconds("max_lifetime", max_lifetime, allow_zero=False)
+        self.max_idle = check_seconds("max_idle", max_idle, allow_zero=False)
+        self.leak_threshold = check_seconds("leak_threshold", leak_threshold, allow_zero=False)
+        self.max_waiting = check_int("max_waiting", max_waiting)
+        self.keep_on = _check_keep_on(keep_on)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r} ({type(name).__name__})")
+        self.name = name or f"pool-{id(self):x}"
+        self._closed = False
+        self._stats = Counters()
+        self._reset()
+        # Close the idle connections if the pool is garbage-collected; do not pass self to the callback.
+        self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
+
+    # ------------------------------------------------------------------ state
+
+    def _reset(self) -> None:
+        """(Re)initialise the per-process state: at construction and in a child process after a fork."""
+        self._generation = _green.fork_generation()
+        self._idle: Any = _green.LifoQueue()
+        self._idle_list: List[_Entry] = self._idle.queue  # the stack itself, for reaping and counting
+        self._waiters: Deque[_Waiter] = deque()
+        self._nwaiting = 0  # live waiters (the deque also holds gone ones, skipped lazily)
+        self._ngone = 0
+        self._size = 0  # open connections + slots being filled
+        self._in_use: Dict[int, _Entry] = {}
+        self._thread: Optional[int] = None
+        self._hub: Any = None
+        self._loop: Any = None
+        self._maint_timer: Any = None
+
+    def _bind(self) -> None:
+        """Tie the pool to the current thread's hub on first use; refuse any other thread after that."""
+        ident = _green.thread_ident()
+        if self._thread is None:
+            self._thread = ident
+            self._hub = _green.get_hub()
+            self._loop = self._hub.loop
+            self._start_maintenance()
+        elif self._thread != ident:
+            raise WrongThread(
+                f"{self.name} belongs to the gevent hub of thread {self._thread}; "
+                f"it was used from thread {ident}. Create one pool per thread."
+            )
+
+    def _after_fork(self) -> None:
+        # The parent's connections, idle or in use, stay untouched: dropping our references closes at most a
+        # file descriptor of the child, never the parent's socket. Releases of them are accepted silently.
+        self._orphans = dict(self._in_use)
+        self._finalizer.detach()
+        self._reset()
+        self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
+
+    _orphans: Dict[int, _Entry] = {}
+
+    # ------------------------------------------------------------------ checkout
+
+    def connection(self, timeout: Optional[float] = UNSET) -> PooledConnection[C]:
+        """Return a context manager that checks a connection out and returns it afterwards.
+
+        ``with pool.connection() as conn:`` blocks like :meth:`acquire`. If the block raises anything that is
+        not one of ``keep_on`` (including ``gevent.Timeout``, ``GreenletExit``, ``KeyboardInterrupt``), the
+        connection is closed instead of being reused, and its slot is freed.
+        """
+        return PooledConnection(self, timeout)
+
+    def acquire(self, timeout: Optional[float] = UNSET) -> C:
+        """Check a connection out.
+
+        Returns an idle connection, or a new one (created in the caller's greenlet) while fewer than
+        ``max_size`` are open. Otherwise blocks, first come first served, for up to ``timeout`` seconds
+        (default: the pool's ``timeout``; ``None`` forever; ``0`` not at all). The time spent creating or
+        checking a connection counts toward that timeout only while waiting.
+
+        Raises :class:`PoolTimeout` when the time runs out, :class:`TooManyWaiting` when ``max_waiting``
+        greenlets already wait, :class:`PoolClosed` after :meth:`close`, :class:`WrongThread` from a
+        second thread, and whatever ``create()`` raises when a new connection cannot be made.
+        """
+        if self._generation != _green.fork_generation():
+            self._after_fork()
+        if self._thread != _green.thread_ident() or self._loop is None:
+            self._bind()
+        if self._closed:
+            raise self.closed_error(f"{self.name} is closed")
+        stats = self._stats
+        stats.requests_num += 1
+        if timeout is UNSET:
+            timeout = self.timeout
+        elif timeout is not None:
+            timeout = check_seconds("timeout", timeout)
+        value: Any
+        if self._nwaiting == 0 and self._idle_list:
+            value = self._idle_list.pop()
+            stats.waits_ms.append(0.0)
+        elif self._nwaiting == 0 and self._size < self.max_size:
+            self._size += 1
+            value = _SLOT
+            stats.waits_ms.append(0.0)
+        else:
+            value = self._wait(timeout)
+        while True:
+            if value is _SLOT:
+                try:
+                    entry = self._new_entry()
+                except BaseException:
+                    stats.requests_errors += 1
+                    raise
+                break
+            entry = value
+            if self._usable(entry):
+                break
+            # Broken or expired: close it and fill its slot with a new connection ourselves.
+            value = _SLOT
+        self._in_use[id(entry.conn)] = entry
+        if self.leak_threshold is not None:
+            self._watch_leak(entry)
+        return entry.conn  # type: ignore[no-any-return]
+
+    def _wait(self, timeout: Optional[float]) -> Any:
+        """Queue behind the current waiters; return the entry or slot handed to us, or raise."""
+        stats = self._stats
+        if self.max_waiting and self._nwaiting >= self.max_waiting:
+            stats.requests_rejected += 1
+            stats.requests_errors += 1
+            raise self.too_many_waiting_error(
+                f"No connection available. {self._nwaiting} greenlets already waiting "
+                f"(max_waiting={self.max_waiting}); {self._state_text()}"
+            )
+        if timeout == 0:
+            self._timed_out(0.0)
+        stats.requests_queued += 1
+        waiter = _Waiter(_green.getcurrent())
+        self._waiters.append(waiter)
+        self._nwaiting += 1
+        timer = None
+        start = _green.monotonic()
+        if timeout is not None:
+            timer = self._loop.timer(timeout)
+            timer.start(self._expire, waiter)
+        try:
+            self._hub.switch()
+        except BaseException:
+            # Interrupted while queued (kill, an outer gevent.Timeout, ...): never swallow a hand-off.
+            self._abandon(waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.close()
+        waited_ms = (_green.monotonic() - start) * 1000.0
+        stats.requests_wait_ms += waited_ms
+        stats.waits_ms.append(waited_ms)
+        value = waiter.value
+        if waiter.state != _DONE:
+            # Woken by its own timer (state _GONE): the time is up.
+            self._timed_out(waited_ms / 1000.0)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def _expire(self, waiter: _Waiter) -> None:
+        """Timer callback (runs in the hub): the waiter's time is up unless it was already handed something."""
+        if waiter.state == _WAITING:
+            self._forget(waiter)
+            waiter.greenlet.switch()
+
+    def _wake(self, waiter: _Waiter) -> None:
+        """Hub callback: resume a waiter that was handed a value, unless it has gone meanwhile."""
+        if waiter.state == _GIVEN:
+            waiter.state = _DONE
+            waiter.greenlet.switch()
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        state = waiter.state
+        if state == _WAITING:
+            self._forget(waiter)
+        elif state in (_GIVEN, _DONE):
+            waiter.state = _GONE
+            value, waiter.value = waiter.value, None
+            if isinstance(value, _Entry):
+                self._put_back(value)
+            elif value is _SLOT:
+                self._free_slot()
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Mark a still-queued waiter as gone; it is skipped (and eventually pruned) by the hand-off."""
+        waiter.state = _GONE
+        self._nwaiting -= 1
+        self._ngone += 1
+        if self._ngone > 64 and self._ngone > self._nwaiting:
+            self._waiters = deque(w for w in self._waiters if w.state == _WAITING)
+            self._ngone = 0
+
+    def _hand_off(self, value: Any) -> bool:
+        """Give ``value`` (an entry, the slot marker or an exception) to the oldest live waiter."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if waiter.state == _WAITING:
+                waiter.state = _GIVEN
+                waiter.value = value
+                self._nwaiting -= 1
+                self._loop.run_callback(self._wake, waiter)
+                return True
+            self._ngone -= 1
+        return False
+
+    def _timed_out(self, waited: float) -> None:
+        self._stats.requests_timeouts += 1
+        self._stats.requests_errors += 1
+        raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
+
+    def _state_text(self) -> str:
+        return (
+            f"{self.name}: {len(self._in_use)}/{self.max_size} in use, "
+            f"{len(self._idle_list)} idle, {self._nwaiting} waiting"
+        )
+
+    def _new_entry(self) -> _Entry:
+        """Fill a reserved slot with a new connection; on any failure free the slot and re-raise."""
+        stats = self._stats
+        start = _green.monotonic()
+        try:
+            conn = self._create()
+        except BaseException:
+            stats.connections_errors += 1
+            self._free_slot()
+            raise
+        now = _green.monotonic()
+        stats.connections_num += 1
+        stats.connections_ms += (now - start) * 1000.0
+        expires = float("inf")
+        if self.max_lifetime is not None:
+            expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
+        return _Entry(conn, expires, now)
+
+    def _usable(self, entry: _Entry) -> bool:
+        """Tell whether an idle entry may be handed out; close it (keeping its slot) when not."""
+        now = _green.monotonic()
+        if now >= entry.expires:
+            self._close_entry(entry)
+            return False
+        after = self.check_after_idle
+        if self._check is None or after is None or now - entry.last_used < after:
+            return True
+        try:
+            ok = self._check(entry.conn)
+        except Exception:
+            ok = False
+        except BaseException:
+            self._close_entry(entry)
+            self._free_slot()
+            raise
+        if ok is False:
+            self._stats.checks_failed += 1
+            self._stats.connections_lost += 1
+            self._close_entry(entry)
+            return False
+        entry.last_used = _green.monotonic()
+        return True
+
+    # ------------------------------------------------------------------ release
+
+    def owns(self, conn: Any) -> bool:
+        """Tell whether ``conn`` is currently checked out from this pool (in this process)."""
+        if self._generation != _green.fork_generation():
+            self._after_fork()
+        entry = self._in_use.get(id(conn))
+        return entry is not None and entry.conn is conn
+
+    def release(self, conn: C, discard: bool = False) -> None:
+        """Return a checked-out connection; never blocks.
+
+        The connection goes straight to the oldest waiter, or onto the idle stack. With ``discard=True``
+        (use it whenever the connection may be in an unknown state, e.g. a command was interrupted), or when
+        it outlived ``max_lifetime``, or the pool is closed or above ``max_size``, it is closed instead and
+        its slot freed (handed to the oldest waiter, who then creates a connection).
+
+        Raises :class:`UnknownConnection` if ``conn`` is not checked out from this pool (a foreign
+        connection, or a second release); the pool's state is left as it was.
+        """
+        if self._generation != _green.fork_generation():
+            self._after_fork()
+        if self._thread is not None and self._thread != _green.thread_ident():
+            self._bind()  # raises WrongThread
+        key = id(conn)
+        entry = self._in_use.pop(key, None)
+        if entry is None or entry.conn is not conn:
+            if entry is not None:
+                self._in_use[key] = entry
+            orphan = self._orphans.get(key)
+            if orphan is not None and orphan.conn is conn:
+                del self._orphans[key]  # checked out before a fork: the parent's, leave it alone
+                return
+            self._stats.returns_bad += 1
+            raise UnknownConnection(f"{self.name}: connection {_conn_label(conn)} is not checked out from this pool")
+        if entry.leak_timer is not None:
+            entry.leak_timer.close()
+            entry.leak_timer = None
+        if discard:
+            self._stats.connections_lost += 1
+            self._close_entry(entry)
+            self._free_slot()
+            return
+        self._put_back(entry)
+
+    def _put_back(self, entry: _Entry) -> None:
+        now = _green.monotonic()
+        if self._closed or now >= entry.expires or self._size > self.max_size:
+            self._close_entry(entry)
+            self._free_slot()
+            return
+        entry.last_used = now
+        if not (self._nwaiting and self._hand_off(entry)):
+            self._idle_list.append(entry)
+
+    def _free_slot(self) -> None:
+        """A connection was closed (or never made): let the oldest waiter create one in its place."""
+        self._size -= 1
+        if self._nwaiting and self._size < self.max_size and not self._closed:
+            self._size += 1
+            if not self._hand_off(_SLOT):
+                self._size -= 1
+
+    def _close_entry(self, entry: _Entry) -> None:
+        """Close a connection whose slot the caller accounts for (not counted in ``_size`` here)."""
+        self._stats.connections_closed += 1
+        _close_quietly(self._close_conn_fn(), entry.conn, self.name)
+
+    def _close_conn_fn(self) -> Callable[[Any], Any]:
+        return self._close if self._close is not None else _default_close
+
+    # ------------------------------------------------------------------ leaks and maintenance
+
+    def _watch_leak(self, entry: _Entry) -> None:
+        stack = "".join(traceback.format_stack(limit=16)[:-2])
+        timer = self._loop.timer(self.leak_threshold)
+        timer.start(_report_leak, self.name, _conn_label(entry.conn), self.leak_threshold, stack)
+        entry.leak_timer = timer
+
+    def _start_maintenance(self) -> None:
+        if self.max_idle is None and self.max_lifetime is None and not self.min_size:
+            return
+        interval = min(x for x in (self.max_idle, self.max_lifetime, 1.0) if x is not None)
+        interval = max(0.05, interval / 2.0)
+        timer = self._loop.timer(interval, interval, ref=False)
+        timer.start(_maintain_soon, weakref.ref(self))
+        self._maint_timer = timer
+
+    def maintain(self) -> None:
+        """Close expired and surplus idle connections, then top the pool up to ``min_size``.
+
+        Called periodically in the background when ``max_idle``, ``max_lifetime`` or ``min_size`` is set;
+        blocks while it creates connections (errors are logged, not raised).
+        """
+        if self._closed or self._generation != _green.fork_generation():
+            return
+        now = _green.monotonic()
+        idle = self._idle_list
+        # The bottom of the stack has been idle longest.
+        i = 0
+        while i < len(idle):
+            entry = idle[i]
+            too_idle = self.max_idle is not None and now - entry.last_used >= self.max_idle
+            if now >= entry.expires or (too_idle and self._size > self.min_size):
+                del idle[i]
+                self._close_entry(entry)
+                self._free_slot()
+            else:
+                i += 1
+        self.prewarm(log_errors=True)
+
+    def prewarm(self, log_errors: bool = False) -> None:
+        """Create connections (in this greenlet, one at a time) until ``min_size`` are open.
+
+        Blocks for as long as the creations take. Raises what ``create()`` raises, unless ``log_errors``.
+        """
+        if self._generation != _green.fork_generation():
+            self._after_fork()
+        if self._loop is None:
+            self._bind()
+        while not self._closed and self._size < self.min_size and self._nwaiting == 0:
+            self._size += 1
+            try:
+                entry = self._new_entry()
+            except Exception:
+                if not log_errors:
+                    raise
+                logger.warning("%s: could not open a connection to keep min_size", self.name, exc_info=True)
+                return
+            self._put_back(entry)
+
+    # ------------------------------------------------------------------ sizing and closing
+
+    def resize(self, min_size: Optional[int] = None, max_size: Optional[int] = None) -> None:
+        """Change the size limits; never blocks.
+
+        Growing ``max_size`` lets waiters create connections at once; shrinking it closes surplus idle
+        connections now and surplus busy ones when they are released.
+        """
+        new_max, new_min = _check_sizes(
+            self.min_size if min_size is None else min_size,
+            self.max_size if max_size is None else max_size,
+        )
+        self.min_size, self.max_size = new_min, new_max
+        idle = self._idle_list
+        while self._size > self.max_size and idle:
+            self._close_entry(idle.pop(0))
+            self._size -= 1
+        while self._nwaiting and self._size < self.max_size:
+            self._size += 1
+            if not self._hand_off(_SLOT):
+                self._size -= 1
+                break
+
+    def close(self) -> None:
+        """Close the pool; idempotent, never blocks.
+
+        Idle connections are closed now, busy ones when released. Greenlets waiting for a connection get
+        :class:`PoolClosed`, and so does every later checkout.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._maint_timer is not None:
+            self._maint_timer.close()
+            self._maint_timer = None
+        while self._nwaiting and self._hand_off(self.closed_error(f"{self.name} was closed while waiting")):
+            pass
+        idle = self._idle_list
+        while idle:
+            self._close_entry(idle.pop())
+            self._size -= 1
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> "Pool[C]":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def size(self) -> int:
+        """Open connections (idle + in use + being created)."""
+        return self._size
+
+    @property
+    def idle(self) -> int:
+        """Connections on the idle stack."""
+        return len(self._idle_list)
+
+    @property
+    def in_use(self) -> int:
+        """Connections checked out."""
+        return len(self._in_use)
+
+    @property
+    def waiting(self) -> int:
+        """Greenlets queued for a connection."""
+        return self._nwaiting
+
+    def in_use_connections(self) -> List[C]:
+        """The connections checked out right now (a new list)."""
+        return [entry.conn for entry in self._in_use.values()]
+
+    def idle_connections(self) -> List[C]:
+        """The connections on the idle stack right now, most recently used last (a new list)."""
+        return [entry.conn for entry in self._idle_list]
+
+    def get_stats(self) -> Dict[str, Union[int, float, str]]:
+        """Return a snapshot of the pool as a plain dict.
+
+        Gauges: ``name``, ``pool_min``, ``pool_max``, ``pool_size`` (open connections), ``pool_available``
+        (idle), ``in_use``, ``requests_waiting``. Totals since creation (or the last :meth:`pop_stats`):
+        ``requests_num`` (checkouts asked for), ``requests_queued`` (had to wait), ``requests_wait_ms``,
+        ``requests_errors`` (failed checkouts), ``requests_timeouts``, ``requests_rejected`` (max_waiting),
+        ``connections_num`` (made), ``connections_ms`` (time spent making them), ``connections_errors``
+        (failed to make), ``connections_lost`` (found broken or discarded), ``connections_closed``,
+        ``checks_failed``, ``returns_bad`` (releases of connections not checked out). Checkout wait
+        percentiles over the last 10,000 checkouts: ``wait_p50_ms``, ``wait_p99_ms``, ``wait_max_ms``.
+        """
+        if self._generation != _green.fork_generation():
+            self._after_fork()
+        out: Dict[str, Union[int, float, str]] = {
+            "name": self.name,
+            "pool_min": self.min_size,
+            "pool_max": self.max_size,
+            "pool_size": self._size,
+            "pool_available": len(self._idle_list),
+            "in_use": len(self._in_use),
+            "requests_waiting": self._nwaiting,
+        }
+        out.update(self._stats.snapshot())
+        return out
+
+    def pop_stats(self) -> Dict[str, Union[int, float, str]]:
+        """Return :meth:`get_stats` and reset the totals to zero."""
+        out = self.get_stats()
+        self._stats = Counters()
+        return out
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"size={self._size}/{self.max_size} idle={len(self._idle_list)}"
+        return f"<{type(self).__name__} {self.name} {state} in_use={len(self._in_use)} waiting={self._nwaiting}>"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_sizes(min_size: Any, max_size: Any) -> Tuple[int, int]:
+    max_size = check_int("max_size", max_size, minimum=1)
+    min_size = check_int("min_size", min_size)
+    if min_size > max_size:
+        raise ValueError(f"min_size must be <= max_size, got min_size={min_size!r}, max_size={max_size!r}")
+    return max_size, min_size
+
+
+def _check_keep_on(keep_on: Any) -> Tuple[Type[BaseException], ...]:
+    if isinstance(keep_on, type):
+        keep_on = (keep_on,)
+    if not isinstance(keep_on, tuple) or not all(
+        isinstance(cls, type) and issubclass(cls, BaseException) for cls in keep_on
+    ):
+        raise TypeError(f"keep_on must be a tuple of exception classes, got {keep_on!r}")
+    return keep_on
+
+
+def _conn_label(conn: Any) -> str:
+    return f"<{type(conn).__name__} at 0x{id(conn):x}>"
+
+
+def _default_close(conn: Any) -> None:
+    close = getattr(conn, "close", None)
+    if close is not None:
+        close()
+
+
+def _close_quietly(close: Callable[[Any], Any], conn: Any, name: str) -> None:
+    try:
+        close(conn)
+    except Exception:
+        logger.debug("%s: error while closing %s", name, _conn_label(conn), exc_info=True)
+
+
+def _close_idle(idle: Any, close: Callable[[Any], Any]) -> None:
+    entries = idle.queue
+    while entries:
+        _close_quietly(close, entries.pop().conn, "finalizer")
+
+
+def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:
+    logger.warning(
+        "%s: connection %s has been checked out for more than %.2f s; it was acquired at:\n%s",
+        name,
+        label,
+        threshold,
+        stack,
+    )
+
+
+def _maintain_soon(pool_ref: "weakref.ReferenceType[Pool[Any]]") -> None:
+    pool = pool_ref()
+    if pool is not None and not pool.closed:
+        _green.spawn(pool.maintain)

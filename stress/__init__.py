@@ -1,0 +1,1 @@
+"""The greenpool contention harness (``python -m stress``) and the real-server launchers it shares with the tests."""
