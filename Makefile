@@ -8,7 +8,7 @@ SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
 .PHONY: test stress lint servers venv clean
 
 test: venv servers
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
 
 stress: venv servers
 	$(BIN)/python -m stress $(STRESS_ARGS)

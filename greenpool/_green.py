@@ -8,12 +8,16 @@ here, so that ``greenpool.pool`` reads as plain logic. Depends on gevent only.
 from __future__ import annotations
 
 import os
-from _thread import get_ident as thread_ident
 from time import monotonic
 
 from gevent import getcurrent, spawn
 from gevent.hub import get_hub
+from gevent.monkey import get_original
 from gevent.queue import LifoQueue
+
+#: The operating system thread's identity, even when ``_thread`` is monkey-patched (then ``get_ident``
+#: names the greenlet instead).
+thread_ident = get_original("_thread", "get_ident")
 
 __all__ = ["LifoQueue", "fork_generation", "get_hub", "getcurrent", "monotonic", "spawn", "thread_ident"]
 

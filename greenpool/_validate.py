@@ -29,11 +29,11 @@ def check_seconds(name: str, value: Any, *, allow_none: bool = True, allow_zero:
         raise TypeError(f"{name} must be a number of seconds, got None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-    return value
+    return seconds
 
 
 def check_callable(name: str, value: Any, *, allow_none: bool = True) -> Any:

@@ -87,9 +87,9 @@ class PooledConnection(Generic[C]):
     ``keep_on`` exceptions.
     """
 
-    __slots__ = ("_pool", "_timeout", "_conn")
+    __slots__ = ("_conn", "_pool", "_timeout")
 
-    def __init__(self, pool: "Pool[C]", timeout: Any) -> None:
+    def __init__(self, pool: Pool[C], timeout: Any) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
@@ -105,7 +105,7 @@ class PooledConnection(Generic[C]):
         tb: Optional[TracebackType],
     ) -> None:
         conn, self._conn = self._conn, None
-        discard = exc is not None and not isinstance(exc, self._pool.keep_on)
+        discard = exc is not None and not self._pool.keeps(exc)
         self._pool.release(conn, discard=discard)
 
 
@@ -126,8 +126,9 @@ class Pool(Generic[C]):
     - ``leak_threshold``: log a warning, with the stack that checked it out, for a connection held longer.
     - ``max_waiting``: refuse a checkout at once with :class:`TooManyWaiting` when this many greenlets
       already wait (``0``: no limit).
-    - ``keep_on``: exception classes that leave a connection reusable when they escape a
-      ``with pool.connection()`` block (e.g. a server's error reply); any other exception discards it.
+    - ``keep_on``: exception classes (or a predicate ``f(exc) -> bool``) that leave a connection reusable
+      when they escape a ``with pool.connection()`` block (e.g. a server's error reply); any other
+      exception discards the connection.
     - ``name``: shown in ``repr``, log records and errors.
 
     A pool belongs to the first thread (gevent hub) that checks a connection out; using it from another
@@ -156,7 +157,7 @@ class Pool(Generic[C]):
         max_idle: Optional[float] = None,
         leak_threshold: Optional[float] = None,
         max_waiting: int = 0,
-        keep_on: Tuple[Type[BaseException], ...] = (),
+        keep_on: Union[Tuple[Type[BaseException], ...], Callable[[BaseException], bool]] = (),
         name: Optional[str] = None,
     ) -> None:
         self._create = check_callable("create", create, allow_none=False)
@@ -175,6 +176,7 @@ class Pool(Generic[C]):
         self.name = name or f"pool-{id(self):x}"
         self._closed = False
         self._stats = Counters()
+        self._orphans: Dict[int, _Entry] = {}  # checked out before a fork, in the child
         self._reset()
         # Close the idle connections if the pool is garbage-collected; do not pass self to the callback.
         self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
@@ -218,7 +220,9 @@ class Pool(Generic[C]):
         self._reset()
         self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
 
-    _orphans: Dict[int, _Entry] = {}
+    def _check_fork(self) -> None:
+        if self._generation != _green.fork_generation():
+            self._after_fork()
 
     # ------------------------------------------------------------------ checkout
 
@@ -323,6 +327,13 @@ class Pool(Generic[C]):
         if isinstance(value, BaseException):
             raise value
         return value
+
+    def keeps(self, exc: BaseException) -> bool:
+        """Tell whether a connection stays reusable after ``exc`` escaped the block that used it."""
+        keep_on = self.keep_on
+        if isinstance(keep_on, tuple):
+            return isinstance(exc, keep_on)
+        return bool(keep_on(exc))
 
     def _expire(self, waiter: _Waiter) -> None:
         """Timer callback (runs in the hub): the waiter's time is up unless it was already handed something."""
@@ -429,8 +440,7 @@ class Pool(Generic[C]):
 
     def owns(self, conn: Any) -> bool:
         """Tell whether ``conn`` is currently checked out from this pool (in this process)."""
-        if self._generation != _green.fork_generation():
-            self._after_fork()
+        self._check_fork()
         entry = self._in_use.get(id(conn))
         return entry is not None and entry.conn is conn
 
@@ -445,8 +455,7 @@ class Pool(Generic[C]):
         Raises :class:`UnknownConnection` if ``conn`` is not checked out from this pool (a foreign
         connection, or a second release); the pool's state is left as it was.
         """
-        if self._generation != _green.fork_generation():
-            self._after_fork()
+        self._check_fork()
         if self._thread is not None and self._thread != _green.thread_ident():
             self._bind()  # raises WrongThread
         key = id(conn)
@@ -541,8 +550,7 @@ class Pool(Generic[C]):
 
         Blocks for as long as the creations take. Raises what ``create()`` raises, unless ``log_errors``.
         """
-        if self._generation != _green.fork_generation():
-            self._after_fork()
+        self._check_fork()
         if self._loop is None:
             self._bind()
         while not self._closed and self._size < self.min_size and self._nwaiting == 0:
@@ -603,7 +611,7 @@ class Pool(Generic[C]):
         """True once :meth:`close` was called."""
         return self._closed
 
-    def __enter__(self) -> "Pool[C]":
+    def __enter__(self) -> Pool[C]:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -614,29 +622,35 @@ class Pool(Generic[C]):
     @property
     def size(self) -> int:
         """Open connections (idle + in use + being created)."""
+        self._check_fork()
         return self._size
 
     @property
     def idle(self) -> int:
         """Connections on the idle stack."""
+        self._check_fork()
         return len(self._idle_list)
 
     @property
     def in_use(self) -> int:
         """Connections checked out."""
+        self._check_fork()
         return len(self._in_use)
 
     @property
     def waiting(self) -> int:
         """Greenlets queued for a connection."""
+        self._check_fork()
         return self._nwaiting
 
     def in_use_connections(self) -> List[C]:
         """The connections checked out right now (a new list)."""
+        self._check_fork()
         return [entry.conn for entry in self._in_use.values()]
 
     def idle_connections(self) -> List[C]:
         """The connections on the idle stack right now, most recently used last (a new list)."""
+        self._check_fork()
         return [entry.conn for entry in self._idle_list]
 
     def get_stats(self) -> Dict[str, Union[int, float, str]]:
@@ -651,8 +665,7 @@ class Pool(Generic[C]):
         ``checks_failed``, ``returns_bad`` (releases of connections not checked out). Checkout wait
         percentiles over the last 10,000 checkouts: ``wait_p50_ms``, ``wait_p99_ms``, ``wait_max_ms``.
         """
-        if self._generation != _green.fork_generation():
-            self._after_fork()
+        self._check_fork()
         out: Dict[str, Union[int, float, str]] = {
             "name": self.name,
             "pool_min": self.min_size,
@@ -687,13 +700,15 @@ def _check_sizes(min_size: Any, max_size: Any) -> Tuple[int, int]:
     return max_size, min_size
 
 
-def _check_keep_on(keep_on: Any) -> Tuple[Type[BaseException], ...]:
+def _check_keep_on(keep_on: Any) -> Any:
     if isinstance(keep_on, type):
         keep_on = (keep_on,)
+    if callable(keep_on) and not isinstance(keep_on, tuple):
+        return keep_on
     if not isinstance(keep_on, tuple) or not all(
         isinstance(cls, type) and issubclass(cls, BaseException) for cls in keep_on
     ):
-        raise TypeError(f"keep_on must be a tuple of exception classes, got {keep_on!r}")
+        raise TypeError(f"keep_on must be a tuple of exception classes or a callable, got {keep_on!r}")
     return keep_on
 
 
@@ -730,7 +745,7 @@ def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:
     )
 
 
-def _maintain_soon(pool_ref: "weakref.ReferenceType[Pool[Any]]") -> None:
+def _maintain_soon(pool_ref: weakref.ReferenceType[Pool[Any]]) -> None:
     pool = pool_ref()
     if pool is not None and not pool.closed:
         _green.spawn(pool.maintain)

@@ -20,18 +20,18 @@ class Counters:
     """Running totals since the pool was created (or since the last ``pop_stats()``)."""
 
     __slots__ = (
-        "requests_num",
-        "requests_queued",
-        "requests_wait_ms",
-        "requests_errors",
-        "requests_timeouts",
-        "requests_rejected",
-        "connections_num",
-        "connections_ms",
+        "checks_failed",
+        "connections_closed",
         "connections_errors",
         "connections_lost",
-        "connections_closed",
-        "checks_failed",
+        "connections_ms",
+        "connections_num",
+        "requests_errors",
+        "requests_num",
+        "requests_queued",
+        "requests_rejected",
+        "requests_timeouts",
+        "requests_wait_ms",
         "returns_bad",
         "waits_ms",
     )
@@ -69,5 +69,5 @@ def percentile(sorted_values: Iterable[float], pct: float) -> float:
     values = list(sorted_values)
     if not values:
         return 0.0
-    rank = max(0, min(len(values) - 1, int(round(pct / 100.0 * len(values) + 0.5)) - 1))
+    rank = max(0, min(len(values) - 1, round(pct / 100.0 * len(values) + 0.5) - 1))
     return round(values[rank], 3)

@@ -69,7 +69,7 @@ class _Server:
     def log_path(self) -> Path:
         return self.dir / "server.log"
 
-    def start(self) -> "_Server":
+    def start(self) -> _Server:
         """Start the server and block until it answers (at most ``start_timeout`` seconds)."""
         binary = _binary(self.binary)
         if self.proc is not None and self.proc.poll() is None:
@@ -137,7 +137,7 @@ class _Server:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "_Server":
+    def __enter__(self) -> _Server:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

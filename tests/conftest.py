@@ -8,6 +8,13 @@ A missing server binary fails loudly with the install command (``stress.servers.
 
 from __future__ import annotations
 
+# The suite runs monkey-patched (the Makefile starts it with `python -m gevent.monkey --module pytest`);
+# patch here too for a plain `pytest` run, as early as a conftest can.
+from gevent import monkey
+
+if not monkey.is_module_patched("socket"):
+    monkey.patch_all()
+
 import os
 from typing import Iterator, Optional
 from urllib.parse import urlparse
