@@ -13,6 +13,7 @@ The pool knows nothing of Redis or Tarantool: it is given a ``create`` callable 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import traceback
 import weakref
@@ -129,11 +130,16 @@ class Pool(Generic[C]):
     - ``keep_on``: exception classes (or a predicate ``f(exc) -> bool``) that leave a connection reusable
       when they escape a ``with pool.connection()`` block (e.g. a server's error reply); any other
       exception discards the connection.
+    - ``detach``: called in a child process, right after ``os.fork()``, for each connection inherited from
+      the parent (idle or in use); it must close the child's copy of the socket without telling the server
+      (e.g. redis-py's ``disconnect()``, which skips ``shutdown()`` in another process). Greenlets inherited
+      from the parent that were reading such a socket then fail instead of stealing the parent's replies.
+      Default: leave the inherited connections alone.
     - ``name``: shown in ``repr``, log records and errors.
 
     A pool belongs to the first thread (gevent hub) that checks a connection out; using it from another
-    thread raises :class:`WrongThread`. After ``os.fork()`` the child's pool starts empty and never touches
-    the parent's connections.
+    thread raises :class:`WrongThread`. After ``os.fork()`` the child's pool starts empty and never uses the
+    parent's connections; releasing one of them in the child is accepted and drops it.
     """
 
     #: Raised when a checkout times out; adapters substitute a subclass that is also their client's error.
@@ -158,6 +164,7 @@ class Pool(Generic[C]):
         leak_threshold: Optional[float] = None,
         max_waiting: int = 0,
         keep_on: Union[Tuple[Type[BaseException], ...], Callable[[BaseException], bool]] = (),
+        detach: Optional[Callable[[C], Any]] = None,
         name: Optional[str] = None,
     ) -> None:
         self._create = check_callable("create", create, allow_none=False)
@@ -171,6 +178,7 @@ class Pool(Generic[C]):
         self.leak_threshold = check_seconds("leak_threshold", leak_threshold, allow_zero=False)
         self.max_waiting = check_int("max_waiting", max_waiting)
         self.keep_on = _check_keep_on(keep_on)
+        self._detach = check_callable("detach", detach)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r} ({type(name).__name__})")
         self.name = name or f"pool-{id(self):x}"
@@ -180,12 +188,12 @@ class Pool(Generic[C]):
         self._reset()
         # Close the idle connections if the pool is garbage-collected; do not pass self to the callback.
         self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
+        _LIVE_POOLS.add(self)
 
     # ------------------------------------------------------------------ state
 
     def _reset(self) -> None:
         """(Re)initialise the per-process state: at construction and in a child process after a fork."""
-        self._generation = _green.fork_generation()
         self._idle: Any = _green.LifoQueue()
         self._idle_list: List[_Entry] = self._idle.queue  # the stack itself, for reaping and counting
         self._waiters: Deque[_Waiter] = deque()
@@ -213,16 +221,17 @@ class Pool(Generic[C]):
             )
 
     def _after_fork(self) -> None:
-        # The parent's connections, idle or in use, stay untouched: dropping our references closes at most a
-        # file descriptor of the child, never the parent's socket. Releases of them are accepted silently.
+        """Run in a child process right after ``os.fork()``: start empty, detach what the parent holds."""
+        inherited = [*self._idle_list, *self._in_use.values()]
         self._orphans = dict(self._in_use)
         self._finalizer.detach()
+        if self._maint_timer is not None:
+            self._maint_timer.close()
         self._reset()
         self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
-
-    def _check_fork(self) -> None:
-        if self._generation != _green.fork_generation():
-            self._after_fork()
+        if self._detach is not None:
+            for entry in inherited:
+                _close_quietly(self._detach, entry.conn, self.name)
 
     # ------------------------------------------------------------------ checkout
 
@@ -247,8 +256,6 @@ class Pool(Generic[C]):
         greenlets already wait, :class:`PoolClosed` after :meth:`close`, :class:`WrongThread` from a
         second thread, and whatever ``create()`` raises when a new connection cannot be made.
         """
-        if self._generation != _green.fork_generation():
-            self._after_fork()
         if self._thread != _green.thread_ident() or self._loop is None:
             self._bind()
         if self._closed:
@@ -440,7 +447,6 @@ class Pool(Generic[C]):
 
     def owns(self, conn: Any) -> bool:
         """Tell whether ``conn`` is currently checked out from this pool (in this process)."""
-        self._check_fork()
         entry = self._in_use.get(id(conn))
         return entry is not None and entry.conn is conn
 
@@ -455,7 +461,6 @@ class Pool(Generic[C]):
         Raises :class:`UnknownConnection` if ``conn`` is not checked out from this pool (a foreign
         connection, or a second release); the pool's state is left as it was.
         """
-        self._check_fork()
         if self._thread is not None and self._thread != _green.thread_ident():
             self._bind()  # raises WrongThread
         key = id(conn)
@@ -528,7 +533,7 @@ class Pool(Generic[C]):
         Called periodically in the background when ``max_idle``, ``max_lifetime`` or ``min_size`` is set;
         blocks while it creates connections (errors are logged, not raised).
         """
-        if self._closed or self._generation != _green.fork_generation():
+        if self._closed:
             return
         now = _green.monotonic()
         idle = self._idle_list
@@ -550,7 +555,6 @@ class Pool(Generic[C]):
 
         Blocks for as long as the creations take. Raises what ``create()`` raises, unless ``log_errors``.
         """
-        self._check_fork()
         if self._loop is None:
             self._bind()
         while not self._closed and self._size < self.min_size and self._nwaiting == 0:
@@ -622,35 +626,29 @@ class Pool(Generic[C]):
     @property
     def size(self) -> int:
         """Open connections (idle + in use + being created)."""
-        self._check_fork()
         return self._size
 
     @property
     def idle(self) -> int:
         """Connections on the idle stack."""
-        self._check_fork()
         return len(self._idle_list)
 
     @property
     def in_use(self) -> int:
         """Connections checked out."""
-        self._check_fork()
         return len(self._in_use)
 
     @property
     def waiting(self) -> int:
         """Greenlets queued for a connection."""
-        self._check_fork()
         return self._nwaiting
 
     def in_use_connections(self) -> List[C]:
         """The connections checked out right now (a new list)."""
-        self._check_fork()
         return [entry.conn for entry in self._in_use.values()]
 
     def idle_connections(self) -> List[C]:
         """The connections on the idle stack right now, most recently used last (a new list)."""
-        self._check_fork()
         return [entry.conn for entry in self._idle_list]
 
     def get_stats(self) -> Dict[str, Union[int, float, str]]:
@@ -665,7 +663,6 @@ class Pool(Generic[C]):
         ``checks_failed``, ``returns_bad`` (releases of connections not checked out). Checkout wait
         percentiles over the last 10,000 checkouts: ``wait_p50_ms``, ``wait_p99_ms``, ``wait_max_ms``.
         """
-        self._check_fork()
         out: Dict[str, Union[int, float, str]] = {
             "name": self.name,
             "pool_min": self.min_size,
@@ -743,6 +740,18 @@ def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:
         threshold,
         stack,
     )
+
+
+#: Every pool of this process, reset in the child right after a fork.
+_LIVE_POOLS: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _maintain_soon(pool_ref: weakref.ReferenceType[Pool[Any]]) -> None:

@@ -651,6 +651,27 @@ def test_fork_child_starts_empty_and_leaves_parent_connections_alone() -> None:
     pool.release(busy)
 
 
+def test_fork_detaches_inherited_connections_in_the_child_only() -> None:
+    detached: list[Conn] = []
+    pool: Pool[Conn] = Pool(Conn, detach=detached.append, max_size=2, timeout=1)
+    busy = pool.acquire()
+    idle = pool.acquire()
+    pool.release(idle)
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 3
+        try:
+            # Detached at fork time, before any greenlet of the child could use them; never closed.
+            ok = {c.id for c in detached} == {busy.id, idle.id} and not busy.closed and not idle.closed
+            code = 0 if ok and pool.size == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert detached == [] and pool.size == 2
+    pool.release(busy)
+
+
 def test_garbage_collected_pool_closes_idle_connections() -> None:
     pool = make_pool(max_size=2)
     conn = pool.acquire()
