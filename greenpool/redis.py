@@ -1,0 +1,422 @@
+"""``greenpool.GeventPool``: a redis-py connection pool built on the fair core :class:`greenpool.Pool`.
+
+``redis.Redis(connection_pool=GeventPool(host=..., port=..., max_connections=10, timeout=1))`` takes the place
+of ``redis.BlockingConnectionPool``: same constructor arguments and defaults, the same ``ConnectionPool``
+contract (``get_connection()``, ``release()``, ``disconnect()``, ``reset()``, ``from_url()``, ...), with the
+core's fairness, interruption safety, idle checks and statistics. Also defines the checkout errors, which are
+both greenpool errors and ``redis.exceptions.ConnectionError``.
+
+Depends on redis-py (>= 8.0) and ``greenpool.pool``; imported only when ``greenpool.GeventPool`` is first used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from queue import LifoQueue
+from typing import Any, Callable, Dict, List, Optional, Set, Union
+
+from redis.connection import (
+    CacheProxyConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    parse_url,
+)
+from redis.event import AfterConnectionReleasedEvent
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from greenpool._green import fork_generation
+from greenpool._validate import check_callable, check_int, check_seconds
+from greenpool.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
+from greenpool.pool import Pool
+
+__all__ = ["GeventPool", "RedisPoolClosed", "RedisPoolTimeout", "RedisTooManyWaiting"]
+
+
+class RedisPoolTimeout(PoolTimeout, RedisConnectionError):
+    """No connection became available within ``timeout`` ("No connection available. ...")."""
+
+
+class RedisPoolClosed(PoolClosed, RedisConnectionError):
+    """The checkout waited on a pool that :meth:`GeventPool.reset` replaced."""
+
+
+class RedisTooManyWaiting(TooManyWaiting, RedisConnectionError):
+    """The checkout was refused at once because ``max_waiting`` greenlets were already waiting."""
+
+
+class _CorePool(Pool[Any]):
+    timeout_error = RedisPoolTimeout
+    closed_error = RedisPoolClosed
+    too_many_waiting_error = RedisTooManyWaiting
+
+
+# Keyword-only settings that GeventPool adds to BlockingConnectionPool's, and how to read them from a URL.
+_URL_EXTRAS: Dict[str, Callable[[str], Any]] = {
+    "min_connections": int,
+    "check_after_idle": float,
+    "max_lifetime": float,
+    "max_idle": float,
+    "leak_threshold": float,
+    "max_waiting": int,
+    "name": str,
+}
+
+
+class GeventPool(ConnectionPool):
+    """A fair, interruption-safe drop-in for ``redis.BlockingConnectionPool`` under gevent.
+
+    Arguments are those of ``BlockingConnectionPool`` with the same defaults:
+
+    - ``max_connections`` (default 50; ``None`` means the default): the hard limit of open connections.
+    - ``timeout`` (default 20 s; ``None`` waits forever, ``0`` never waits): how long :meth:`get_connection`
+      blocks when every connection is in use.
+    - ``connection_class`` (default ``redis.Connection``; ``SSLConnection`` or ``UnixDomainSocketConnection``
+      work too) and ``**connection_kwargs`` (``host``, ``port``, ``db``, ``username``, ``password``,
+      ``protocol``, ``health_check_interval``, ``client_name``, ``parser_class``, ``retry``, ``ssl_*`` ...),
+      passed to each connection as redis-py does. ``ssl=True`` selects ``SSLConnection``, as it does for
+      ``redis.Redis``.
+    - ``queue_class``: accepted for compatibility and ignored. Idle connections always live on the core's
+      ``gevent.queue.LifoQueue``, whatever the import order of redis and gevent.
+
+    Keyword-only settings of the core pool (see :class:`greenpool.Pool`): ``min_connections`` (kept open),
+    ``check_after_idle`` (default 1 s), ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``
+    (``0``: no limit), ``name`` (shown in errors, logs and stats; never contains credentials).
+
+    Checkouts are served first come, first served: a greenlet that releases a connection and asks again
+    queues behind those already waiting.
+
+    **Dirty connections.** redis-py's own pools poll every connection they hand out (``can_read()``, a
+    system call per checkout) to catch one that still holds the reply of an interrupted command. This pool
+    makes that state impossible instead, at no cost on the hot path:
+
+    1. redis-py's ``Connection`` disconnects itself when anything, ``BaseException`` included, interrupts
+       ``send_packed_command()`` or ``read_response()``; a disconnected connection reconnects on its next
+       checkout, so no half-read reply survives inside it.
+    2. redis-py calls :meth:`release` in a ``finally`` clause. When it runs while a ``BaseException`` that is
+       not an ``Exception`` propagates (``gevent.Timeout``, ``GreenletExit``, ``KeyboardInterrupt``), the
+       holder was interrupted at an unknown point (between a send and its read, in a pipeline, in a
+       transaction), so the connection is closed and its slot freed rather than reused.
+
+    Liveness is checked without touching the hot path either: a connection idle for ``check_after_idle``
+    seconds or more is polled on checkout (one non-blocking ``can_read()``), and after a command failed
+    with a connection error (e.g. the server restarted) every idle connection is polled once on its next
+    checkout. A closed one is reconnected, so dead connections do not poison the pool. Data waiting on an
+    idle connection means it is dirty, unless it may be a RESP3 push message (client-side cache or
+    maintenance notifications enabled), as redis-py decides.
+
+    A checkout that times out raises :class:`RedisPoolTimeout`, both a :class:`greenpool.PoolTimeout` and a
+    ``redis.exceptions.ConnectionError`` whose message starts with "No connection available.".
+    """
+
+    def __init__(
+        self,
+        max_connections: Optional[int] = 50,
+        timeout: Optional[float] = 20,
+        connection_class: Any = Connection,
+        queue_class: Any = LifoQueue,
+        *,
+        min_connections: int = 0,
+        check_after_idle: Optional[float] = 1.0,
+        max_lifetime: Optional[float] = None,
+        max_idle: Optional[float] = None,
+        leak_threshold: Optional[float] = None,
+        max_waiting: int = 0,
+        name: Optional[str] = None,
+        **connection_kwargs: Any,
+    ) -> None:
+        if max_connections is None:
+            max_connections = 50
+        max_connections = check_int("max_connections", max_connections, minimum=1)
+        self._timeout = check_seconds("timeout", timeout)
+        check_callable("connection_class", connection_class, allow_none=False)
+        self.queue_class = check_callable("queue_class", queue_class)
+        min_connections = check_int("min_connections", min_connections)
+        if min_connections > max_connections:
+            raise ValueError(
+                f"min_connections must be <= max_connections, got min_connections={min_connections!r}, "
+                f"max_connections={max_connections!r}"
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r} ({type(name).__name__})")
+        if connection_kwargs.pop("ssl", False):
+            if connection_class is Connection:
+                connection_class = SSLConnection
+            elif not (isinstance(connection_class, type) and issubclass(connection_class, SSLConnection)):
+                raise ValueError(f"ssl=True needs an SSLConnection connection_class, got {connection_class!r}")
+        self._core_settings: Dict[str, Any] = {
+            "min_size": min_connections,
+            "check_after_idle": check_seconds("check_after_idle", check_after_idle),
+            "max_lifetime": check_seconds("max_lifetime", max_lifetime, allow_zero=False),
+            "max_idle": check_seconds("max_idle", max_idle, allow_zero=False),
+            "leak_threshold": check_seconds("leak_threshold", leak_threshold, allow_zero=False),
+            "max_waiting": check_int("max_waiting", max_waiting),
+            "name": name or _default_name(connection_kwargs),
+        }
+        self._own_dispatcher = connection_kwargs.get("event_dispatcher") is None
+        # The base class validates what it knows, sets connection_class, connection_kwargs, max_connections,
+        # cache, _lock and the maintenance-notification plumbing, then calls reset().
+        super().__init__(connection_class=connection_class, max_connections=max_connections, **connection_kwargs)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> GeventPool:
+        """Return a pool configured from a URL (parsed by redis-py's own ``parse_url``).
+
+        ``redis://[[username]:[password]]@host:port/db``, ``rediss://...`` (TLS) and ``unix:///path.sock``
+        are understood; query-string values win over ``kwargs``. Besides redis-py's options
+        (``max_connections`` and ``timeout`` included), the query string may set ``min_connections``,
+        ``check_after_idle``, ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting`` and
+        ``name``. Raises ``ValueError`` for a value that does not parse. Never blocks.
+        """
+        url_options: Dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        for key, cast in _URL_EXTRAS.items():
+            value = url_options.get(key)
+            if isinstance(value, str):
+                try:
+                    url_options[key] = cast(value)
+                except ValueError:
+                    raise ValueError(f"Invalid value for {key!r} in connection URL: {value!r}") from None
+        if "connection_class" in kwargs:
+            url_options["connection_class"] = kwargs["connection_class"]
+        kwargs.update(url_options)
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self) -> None:
+        """Start over with an empty pool; never blocks.
+
+        Idle connections of the previous pool are disconnected; connections checked out from it are
+        disconnected when released; greenlets still waiting on it get :class:`RedisPoolClosed`.
+        """
+        old: Optional[_CorePool] = getattr(self, "_pool", None)
+        settings = self._core_settings
+        ref = weakref.ref(self)
+        self._pool = _CorePool(
+            lambda: _deref(ref)._new_connection(),
+            _disconnect,
+            lambda conn: _deref(ref)._usable(conn),
+            detach=_disconnect,  # in a fork's child, redis-py closes only the child's copy of the socket
+            max_size=self.max_connections,
+            timeout=self._timeout,
+            **settings,
+        )
+        self._suspects: Set[int] = set()
+        if old is not None and self._generation == fork_generation():
+            old.close()
+        self._generation = fork_generation()
+        self.pid = os.getpid()
+
+    _generation = -1
+
+    def _checkpid(self) -> None:
+        # The core notices a fork by itself (its child-side pool starts empty and never touches the parent's
+        # sockets); only the redis-py attributes need refreshing. No system call on the hot path.
+        if self._generation != fork_generation():
+            self._generation = fork_generation()
+            self._suspects = set()
+            self.pid = os.getpid()
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds :meth:`get_connection` waits for a connection (``None``: forever)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._timeout = self._pool.timeout = check_seconds("timeout", value)
+
+    # ------------------------------------------------------------------ checkout and release
+
+    def make_connection(self) -> Any:
+        """Create a new, not yet connected, connection object (no I/O, not counted by the pool)."""
+        connection = self.connection_class(**self.connection_kwargs)
+        if self.cache is not None:
+            connection = CacheProxyConnection(connection, self.cache, self._lock)  # type: ignore[abstract]
+        return connection
+
+    def _new_connection(self) -> Any:
+        connection = self.make_connection()
+        try:
+            connection.connect()
+        except BaseException:
+            connection.disconnect()
+            raise
+        return connection
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        """Check a connection out, connected and ready for a command.
+
+        Blocks, first come first served, for up to ``timeout`` seconds while every connection is in use, and
+        while a new connection is made. Raises :class:`RedisPoolTimeout` when the time runs out,
+        :class:`RedisTooManyWaiting` when ``max_waiting`` greenlets already wait, and what connecting raises
+        (``redis.exceptions.ConnectionError``, ``AuthenticationError``, ``TimeoutError``, ...); a connection
+        that fails to connect is closed and its slot freed. The arguments are accepted, and ignored, for
+        callers of redis-py before 5.3 (without a deprecation warning).
+        """
+        if self._generation != fork_generation():
+            self._checkpid()
+        pool = self._pool
+        connection = pool.acquire()
+        try:
+            if self._suspects:
+                self._verify_suspect(connection)
+            connection.connect()
+        except BaseException:
+            pool.release(connection, discard=True)
+            raise
+        return connection
+
+    def release(self, connection: Any) -> None:
+        """Return a connection checked out by :meth:`get_connection`; never blocks.
+
+        The connection goes to the oldest waiting greenlet, or onto the idle stack. It is closed instead
+        (and its slot freed) when this runs while a ``BaseException`` that is not an ``Exception`` propagates
+        (the holder was interrupted, see the class docstring). A connection this pool did not hand out in
+        this process (another pool's, one from before a fork or a :meth:`reset`) is disconnected and never
+        enters the pool. Releasing a connection a second time while it is idle does nothing; like every
+        redis-py pool, this one cannot tell a late second release from the next holder's, so do not.
+        """
+        if self._generation != fork_generation():
+            self._checkpid()
+        pool = self._pool
+        if not pool.owns(connection):
+            if connection not in pool.idle_connections():
+                connection.disconnect()
+            return
+        exc = sys.exc_info()[1]
+        discard = (exc is not None and not isinstance(exc, Exception)) or connection.pid != self.pid
+        if not discard:
+            try:
+                if connection.should_reconnect():
+                    connection.disconnect()
+                elif exc is not None and not connection.is_connected:
+                    self._suspect_idle(exc)
+                # Re-authenticates the connection if a credential provider handed over a new token.
+                self._release_event(connection)
+            except BaseException:
+                pool.release(connection, discard=True)
+                raise
+        pool.release(connection, discard=discard)
+
+    def _release_event(self, connection: Any) -> None:
+        if self._own_dispatcher:
+            # The pool's own dispatcher has one listener for this event, which does just this.
+            connection.re_auth()
+        else:
+            dispatcher: Any = self._event_dispatcher
+            dispatcher.dispatch(AfterConnectionReleasedEvent(connection))  # type: ignore[no-untyped-call]
+
+    def _usable(self, connection: Any) -> bool:
+        """Idle check: False for a connection the server closed, or one holding unexpected data."""
+        if not connection.is_connected:
+            return True
+        if not connection.can_read(timeout=0):  # raises ConnectionError when the server closed it
+            return True
+        # Data is waiting. Only a RESP3 push message may legitimately wait on an idle connection.
+        return self.cache is not None or bool(self.maint_notifications_enabled())  # type: ignore[no-untyped-call]
+
+    def _verify_suspect(self, connection: Any) -> None:
+        key = id(connection)
+        if key in self._suspects:
+            self._suspects.discard(key)
+            try:
+                usable = self._usable(connection)
+            except Exception:
+                usable = False
+            if not usable:
+                connection.disconnect()
+
+    def _suspect_idle(self, exc: BaseException) -> None:
+        # A command failed with a connection error and left its connection disconnected (the server may have
+        # restarted): poll each idle connection once, on its next checkout.
+        if isinstance(exc, RedisConnectionError) and not isinstance(exc, PoolError):
+            self._suspects.update(id(conn) for conn in self._pool.idle_connections())
+
+    # ------------------------------------------------------------------ redis-py pool API
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        """Disconnect the idle connections, and with ``inuse_connections`` the checked-out ones too.
+
+        The connection objects stay in the pool and reconnect on their next use; a checked-out connection
+        disconnected while a command runs on it makes that command fail with a ``ConnectionError``.
+        Never blocks.
+        """
+        self._checkpid()
+        for connection in self._pool.idle_connections():
+            connection.disconnect()
+        if inuse_connections:
+            for connection in self._pool.in_use_connections():
+                connection.disconnect()
+
+    def close(self) -> None:
+        """Disconnect the idle connections; never blocks.
+
+        As with redis-py's pools (``Redis.close()`` calls this for a pool it owns), the pool stays usable:
+        the next checkout reconnects. Checked-out connections are left alone.
+        """
+        self.disconnect(inuse_connections=False)
+
+    def set_retry(self, retry: Any) -> None:
+        """Use ``retry`` for new connections and for every connection open now."""
+        self.connection_kwargs.update({"retry": retry})
+        for connection in self._pool.idle_connections() + self._pool.in_use_connections():
+            connection.retry = retry
+
+    def re_auth_callback(self, token: Any) -> None:
+        """Apply a new credential token (called by redis-py's streaming credential providers).
+
+        Idle connections are disconnected and authenticate again, with the provider's current credentials,
+        on their next checkout (no I/O here: they could be checked out meanwhile); connections in use
+        re-authenticate with ``token`` when released. Never blocks.
+        """
+        for connection in self._pool.idle_connections():
+            connection.disconnect()
+        for connection in self._pool.in_use_connections():
+            connection.set_re_auth_token(token)
+
+    def _get_pool_lock(self) -> Any:
+        return self._lock
+
+    def _get_free_connections(self) -> List[Any]:
+        return self._pool.idle_connections()
+
+    def _get_in_use_connections(self) -> Set[Any]:
+        return set(self._pool.in_use_connections())
+
+    # ------------------------------------------------------------------ greenpool extras
+
+    def get_stats(self) -> Dict[str, Union[int, float, str]]:
+        """Return the core pool's statistics (see :meth:`greenpool.Pool.get_stats`); never blocks."""
+        return self._pool.get_stats()
+
+    def pop_stats(self) -> Dict[str, Union[int, float, str]]:
+        """Return :meth:`get_stats` and reset its totals to zero."""
+        return self._pool.pop_stats()
+
+    def prewarm(self) -> None:
+        """Open connections until ``min_connections`` are open; blocks while they connect.
+
+        Raises what connecting raises. The pool also tops itself up in the background.
+        """
+        self._pool.prewarm()
+
+
+def _deref(ref: weakref.ReferenceType[GeventPool]) -> GeventPool:
+    pool = ref()
+    if pool is None:  # pragma: no cover - the core pool only runs these while its GeventPool is alive
+        raise ReferenceError("the GeventPool was garbage-collected")
+    return pool
+
+
+def _disconnect(connection: Any) -> None:
+    connection.disconnect()
+
+
+def _default_name(kwargs: Dict[str, Any]) -> str:
+    """A pool name from where it connects, without credentials."""
+    path = kwargs.get("path")
+    where = str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"redis {where}/{kwargs.get('db', 0)}"
