@@ -1,0 +1,429 @@
+"""``greenpool.TarantoolPool``: a fair, per-process pool of tarantool-python connections.
+
+``TarantoolPool`` is a :class:`greenpool.Pool` whose connections are ``tarantool.Connection`` objects:
+``with pool.connection() as tnt:`` checks one out, and the one-call helpers (``pool.select(...)``,
+``pool.replace(...)``, ``pool.call(...)``, ...) check out, run one request and release. The health check is
+``ping()``; a reply from the server (``tarantool.error.DatabaseError``) leaves the connection in the pool,
+anything else (``NetworkError``, ``gevent.Timeout``, a killed greenlet) closes it, so a late reply can never
+reach the next request. The pool's own errors also subclass ``tarantool.error.Error``.
+
+tarantool-python talks through the ``socket`` module, so it cooperates with gevent only once
+``gevent.monkey.patch_all()`` has run; :class:`SocketNotPatchedWarning` says so otherwise.
+
+Depends on ``greenpool.pool`` (the core), ``greenpool._validate`` and tarantool-python (``tarantool``),
+which is imported when this module is (``greenpool.TarantoolPool`` imports it on first access).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import warnings
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from gevent import monkey
+
+from greenpool._validate import check_int, check_seconds
+from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting
+from greenpool.pool import Pool
+
+try:
+    import tarantool
+    from tarantool.error import DatabaseError, NetworkError
+    from tarantool.error import Error as TarantoolError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("greenpool.TarantoolPool needs tarantool-python: pip install 'greenpool[tarantool]'") from exc
+
+__all__ = [
+    "CONNECTION_DEFAULTS",
+    "SocketNotPatchedWarning",
+    "TarantoolPool",
+    "TarantoolPoolClosed",
+    "TarantoolPoolTimeout",
+    "TarantoolTooManyWaiting",
+]
+
+#: ``tarantool.Connection`` arguments the pool sets unless you pass your own (as ``**connection_kwargs`` or
+#: URL options): connect inside the checkout that creates the connection (``connect_now``); when a request
+#: finds its connection broken (e.g. the server restarted), reconnect once at once and, if that fails, raise
+#: ``NetworkError`` (``reconnect_max_attempts=0``, ``reconnect_delay=0``), so the pool closes the connection
+#: and a later checkout makes a new one, instead of the greenlet sleeping through tarantool-python's ten
+#: attempts (that failed attempt also emits tarantool-python's ``NetworkWarning``); give up a TCP connect
+#: after 10 s (``connection_timeout``). ``socket_timeout`` stays ``None`` (tarantool-python's default): a
+#: request waits for its reply as long as it takes; bound it with ``socket_timeout`` or a ``gevent.Timeout``
+#: (either closes the connection when it fires).
+CONNECTION_DEFAULTS: Dict[str, Any] = {
+    "connect_now": True,
+    "reconnect_max_attempts": 0,
+    "reconnect_delay": 0.0,
+    "connection_timeout": 10.0,
+}
+
+#: The port Tarantool listens on by convention, used when a URL names none.
+DEFAULT_PORT = 3301
+
+
+class TarantoolPoolTimeout(PoolTimeout, TarantoolError):  # type: ignore[misc]
+    """No connection became available within the checkout timeout (also a ``tarantool.error.Error``).
+
+    It is not a ``DatabaseError``: no request reached the server.
+    """
+
+
+class TarantoolPoolClosed(PoolClosed, TarantoolError):  # type: ignore[misc]
+    """The pool was closed (also a ``tarantool.error.Error``)."""
+
+
+class TarantoolTooManyWaiting(TooManyWaiting, TarantoolError):  # type: ignore[misc]
+    """The checkout was refused because ``max_waiting`` greenlets already wait (also a ``tarantool.error.Error``)."""
+
+
+class SocketNotPatchedWarning(RuntimeWarning):
+    """The ``socket`` module is not monkey-patched by gevent, so tarantool-python blocks the whole process."""
+
+
+_UNPATCHED_MESSAGE = (
+    "the socket module is not monkey-patched by gevent, so every tarantool-python request blocks the whole "
+    "process (all greenlets) while it waits for the server. Call gevent.monkey.patch_all() at the very start "
+    "of the program, before importing tarantool or greenpool.tarantool."
+)
+
+_warned_unpatched = False
+
+
+def _warn_if_unpatched() -> None:
+    """Warn once per process when ``socket`` is not patched, pointing at the caller outside greenpool."""
+    global _warned_unpatched
+    if _warned_unpatched or monkey.is_module_patched("socket"):
+        return
+    _warned_unpatched = True
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("greenpool"):
+        level += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    warnings.warn(_UNPATCHED_MESSAGE, SocketNotPatchedWarning, stacklevel=level)
+
+
+def _keeps_connection(exc: BaseException) -> bool:
+    """A reply from the server (``DatabaseError``) leaves the connection usable; a ``NetworkError`` (a
+    ``DatabaseError`` subclass) or anything else (``gevent.Timeout``, a kill, a client-side error that may
+    have left half a request on the socket) does not."""
+    return isinstance(exc, DatabaseError) and not isinstance(exc, NetworkError)
+
+
+def _detach(conn: Any) -> None:
+    """In a fork's child: close the child's copy of the socket. ``Connection.close()`` only closes the file
+    descriptor (no shutdown, nothing sent), so the parent's connection is untouched."""
+    conn.close()
+
+
+def _ping(conn: Any) -> Any:
+    return conn.ping(notime=True)
+
+
+def _connector(
+    host: Optional[str], port: Union[int, str], user: Optional[str], password: Optional[str], kwargs: Dict[str, Any]
+) -> Callable[[], Any]:
+    """Return the pool's ``create``: a closure, so the password shows in no ``repr`` and no cycle holds the pool.
+
+    The connection is built unconnected and then connected here, so that a connect interrupted by a
+    ``gevent.Timeout`` or a kill (which tarantool-python does not clean up) closes its socket at once.
+    """
+    options = dict(kwargs)
+    connect_now = options.pop("connect_now", True)
+
+    def connect() -> Any:
+        conn = tarantool.Connection(host, port, user=user, password=password, connect_now=False, **options)
+        if connect_now:
+            try:
+                conn.connect()
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    return connect
+
+
+def _helper(method: str) -> Callable[..., Any]:
+    """Return a pool method that runs ``tarantool.Connection.<method>`` on a pooled connection."""
+
+    def helper(self: Pool[Any], *args: Any, **kwargs: Any) -> Any:
+        with self.connection() as conn:
+            return getattr(conn, method)(*args, **kwargs)
+
+    helper.__name__ = helper.__qualname__ = method
+    helper.__doc__ = (
+        f"Run ``tarantool.Connection.{method}(*args, **kwargs)`` on a pooled connection and return its result.\n\n"
+        "Blocks up to the pool's ``timeout`` for a connection (then raises :class:`TarantoolPoolTimeout`), then "
+        "for the reply. Raises what tarantool-python raises: an error reply from the server keeps the connection, "
+        "a ``NetworkError`` or an interruption (``gevent.Timeout``, a kill) closes it."
+    )
+    return helper
+
+
+def _connection_parameters() -> Tuple[str, ...]:
+    params = inspect.signature(tarantool.Connection.__init__).parameters
+    return tuple(name for name in params if name not in ("self", "host", "port", "user", "password"))
+
+
+_CONNECTION_PARAMETERS = _connection_parameters()
+
+
+def _check_connection_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    if "socket_fd" in kwargs:
+        raise ValueError("socket_fd cannot be pooled: a pool opens many connections; pass host and port instead")
+    unknown = sorted(name for name in kwargs if name not in _CONNECTION_PARAMETERS)
+    if unknown:
+        raise TypeError(
+            f"unexpected argument(s) {', '.join(unknown)}: TarantoolPool accepts the pool's settings and the "
+            f"arguments of tarantool.Connection ({', '.join(_CONNECTION_PARAMETERS)})"
+        )
+    for name in ("socket_timeout", "connection_timeout"):
+        if name in kwargs:
+            check_seconds(name, kwargs[name], allow_zero=False)
+    if "reconnect_max_attempts" in kwargs:
+        check_int("reconnect_max_attempts", kwargs["reconnect_max_attempts"])
+    if "reconnect_delay" in kwargs:
+        check_seconds("reconnect_delay", kwargs["reconnect_delay"], allow_none=False)
+    if "connect_now" in kwargs and not isinstance(kwargs["connect_now"], bool):
+        raise TypeError(f"connect_now must be a bool, got {kwargs['connect_now']!r}")
+    return {**CONNECTION_DEFAULTS, **kwargs}
+
+
+def _check_address(host: Any, port: Any) -> None:
+    if host is None:
+        if not isinstance(port, str) or not port:
+            raise TypeError(f"port must be a unix socket path (str) when host is None, got {port!r}")
+        return
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host must be a non-empty str (or None for a unix socket), got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, got {port!r} ({type(port).__name__})")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, got {port!r}")
+
+
+def _check_credentials(user: Any, password: Any) -> None:
+    if user is not None and (not isinstance(user, str) or not user):
+        raise TypeError(f"user must be a non-empty str or None, got {user!r} ({type(user).__name__})")
+    if password is not None and not isinstance(password, str):
+        # Never show the value: it may be a secret of the wrong type.
+        raise TypeError(f"password must be a str or None, got a {type(password).__name__}")
+    if password is not None and user is None:
+        raise ValueError("password was given without user: tarantool-python ignores a password without a user")
+
+
+class TarantoolPool(Pool[Any]):
+    """A fair, bounded pool of ``tarantool.Connection`` objects for one process and one gevent hub.
+
+    ``TarantoolPool(host, port, user=None, password=None, max_connections=10, timeout=30.0, ...)``:
+
+    - ``host``, ``port``: the server (``host=None`` and ``port="/path/to.sock"`` for a unix socket).
+    - ``user``, ``password``: credentials (``None``: the guest user). The password is never shown in
+      ``repr``, stats, logs or the pool's error messages.
+    - ``max_connections``: the hard limit of open connections; ``min_connections`` are kept open.
+    - ``timeout``: seconds a checkout (and so each helper) waits for a connection before raising
+      :class:`TarantoolPoolTimeout`; ``None`` waits forever, ``0`` never waits.
+    - keyword-only: ``check_after_idle`` (ping a connection on checkout when it has been idle this long),
+      ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``name``: see :class:`greenpool.Pool`.
+    - ``**connection_kwargs``: passed to ``tarantool.Connection`` (``socket_timeout``, ``connection_timeout``,
+      ``transport="ssl"`` and the ``ssl_*`` files, ``fetch_schema``, ...) over :data:`CONNECTION_DEFAULTS`.
+      An unknown name raises ``TypeError`` here, not at the first checkout.
+
+    Connections are created lazily, in the greenlet whose checkout needs one (it blocks while it connects,
+    authenticates and loads the schema; a failure raises tarantool-python's ``NetworkError`` to that caller
+    and frees the slot). A connection idle longer than ``check_after_idle`` is pinged before it is handed out;
+    a failed ping closes it and the checkout goes on with another or a new one, within the same timeout.
+    After ``os.fork()`` the child's pool starts empty and never touches the parent's connections.
+    """
+
+    timeout_error = TarantoolPoolTimeout
+    closed_error = TarantoolPoolClosed
+    too_many_waiting_error = TarantoolTooManyWaiting
+
+    def __init__(
+        self,
+        host: Optional[str],
+        port: Union[int, str],
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        max_connections: int = 10,
+        timeout: Optional[float] = 30.0,
+        *,
+        min_connections: int = 0,
+        check_after_idle: Optional[float] = 1.0,
+        max_lifetime: Optional[float] = None,
+        max_idle: Optional[float] = None,
+        leak_threshold: Optional[float] = None,
+        max_waiting: int = 0,
+        name: Optional[str] = None,
+        **connection_kwargs: Any,
+    ) -> None:
+        _check_address(host, port)
+        _check_credentials(user, password)
+        max_connections = check_int("max_connections", max_connections, minimum=1)
+        min_connections = check_int("min_connections", min_connections)
+        if min_connections > max_connections:
+            raise ValueError(
+                f"min_connections must be <= max_connections, got min_connections={min_connections!r}, "
+                f"max_connections={max_connections!r}"
+            )
+        self.host = host
+        self.port = port
+        self.user = user
+        self._connection_kwargs = _check_connection_kwargs(connection_kwargs)
+        super().__init__(
+            _connector(host, port, user, password, self._connection_kwargs),
+            None,
+            _ping,
+            max_size=max_connections,
+            min_size=min_connections,
+            timeout=timeout,
+            check_after_idle=check_after_idle,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            leak_threshold=leak_threshold,
+            max_waiting=max_waiting,
+            keep_on=_keeps_connection,
+            detach=_detach,
+            name=name,
+        )
+        _warn_if_unpatched()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> TarantoolPool:
+        """Build a pool from ``tarantool://[user[:password]@]host[:port][?option=value&...]``.
+
+        The port defaults to 3301; user and password are percent-decoded. Query options: the pool's
+        (``max_connections``, ``min_connections``, ``timeout``, ``check_after_idle``, ``max_lifetime``,
+        ``max_idle``, ``leak_threshold``, ``max_waiting``, ``name``) and ``tarantool.Connection``'s
+        ``socket_timeout``, ``connection_timeout``, ``reconnect_max_attempts``, ``reconnect_delay``,
+        ``connect_now``, ``fetch_schema``, ``transport``, ``ssl_key_file``, ``ssl_cert_file``, ``ssl_ca_file``,
+        ``ssl_ciphers``, ``auth_type``. Seconds accept ``none``; booleans ``true/false/1/0/yes/no/on/off``.
+        ``kwargs`` override what the URL says. Never blocks (no connection is made here).
+
+        Raises ``ValueError`` naming the scheme, option or value that is wrong (never showing the password).
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, got {type(url).__name__}")
+        parts = urlsplit(url)
+        if parts.scheme != "tarantool":
+            raise ValueError(f"url scheme must be 'tarantool', got {parts.scheme!r}")
+        if parts.path not in ("", "/"):
+            raise ValueError(f"a tarantool url has no path, got {parts.path!r}")
+        if parts.fragment:
+            raise ValueError(f"a tarantool url has no fragment, got {parts.fragment!r}")
+        host = parts.hostname
+        if not host:
+            raise ValueError("the url names no host (tarantool://[user[:password]@]host[:port])")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("the url's port must be a number in 1..65535") from None
+        options: Dict[str, Any] = {
+            "host": host,
+            "port": DEFAULT_PORT if port is None else port,
+            "user": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password is not None else None,
+        }
+        for option, text in parse_qsl(parts.query, keep_blank_values=True):
+            cast = _URL_OPTIONS.get(option)
+            if cast is None:
+                raise ValueError(f"unknown tarantool url option {option!r}; known: {', '.join(sorted(_URL_OPTIONS))}")
+            if option in options:
+                raise ValueError(f"tarantool url option {option!r} is given more than once")
+            options[option] = cast(option, text)
+        options.update(kwargs)
+        return cls(**options)
+
+    # ------------------------------------------------------------------ connections
+
+    def release(self, conn: Any, discard: bool = False) -> None:
+        """Return a checked-out connection; never blocks.
+
+        As :meth:`greenpool.Pool.release`, and a connection that was closed meanwhile (``tnt.close()``, or
+        tarantool-python closed it after a failed reconnect) is discarded rather than kept.
+        """
+        if not discard and self.owns(conn) and conn.is_closed():
+            discard = True
+        super().release(conn, discard=discard)
+
+    # ------------------------------------------------------------------ one-call helpers
+
+    insert = _helper("insert")
+    replace = _helper("replace")
+    select = _helper("select")
+    update = _helper("update")
+    upsert = _helper("upsert")
+    delete = _helper("delete")
+    call = _helper("call")
+    eval = _helper("eval")
+    execute = _helper("execute")
+    ping = _helper("ping")
+
+    def __repr__(self) -> str:
+        address = f"{self.host}:{self.port}" if self.host is not None else str(self.port)
+        user = f" user={self.user!r}" if self.user else ""
+        state = "closed" if self.closed else f"size={self.size}/{self.max_size} idle={self.idle}"
+        return (
+            f"<{type(self).__name__} {self.name} {address}{user} {state} in_use={self.in_use} waiting={self.waiting}>"
+        )
+
+
+# ---------------------------------------------------------------------- URL options
+
+
+def _url_int(option: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"tarantool url option {option}={text!r} is not an integer") from None
+
+
+def _url_seconds(option: str, text: str) -> Optional[float]:
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"tarantool url option {option}={text!r} is not a number of seconds") from None
+
+
+def _url_bool(option: str, text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"tarantool url option {option}={text!r} is not a boolean (true/false)")
+
+
+def _url_str(option: str, text: str) -> str:
+    return text
+
+
+_URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
+    "max_connections": _url_int,
+    "min_connections": _url_int,
+    "max_waiting": _url_int,
+    "timeout": _url_seconds,
+    "check_after_idle": _url_seconds,
+    "max_lifetime": _url_seconds,
+    "max_idle": _url_seconds,
+    "leak_threshold": _url_seconds,
+    "name": _url_str,
+    "socket_timeout": _url_seconds,
+    "connection_timeout": _url_seconds,
+    "reconnect_max_attempts": _url_int,
+    "reconnect_delay": _url_seconds,
+    "connect_now": _url_bool,
+    "fetch_schema": _url_bool,
+    "transport": _url_str,
+    "ssl_key_file": _url_str,
+    "ssl_cert_file": _url_str,
+    "ssl_ca_file": _url_str,
+    "ssl_ciphers": _url_str,
+    "auth_type": _url_str,
+}
