@@ -71,3 +71,34 @@ def fresh_tarantool() -> Iterator[TarantoolServer]:
     server = TarantoolServer()
     with server:
         yield server
+
+
+# ---------------------------------------------------------------------- fault-suite summary table
+
+_FAULT_ROWS: list = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    props = dict(report.user_properties)
+    if "scenario" not in props:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        props["backend"] = "tarantool" if "[tarantool]" in report.nodeid else "redis"
+        props["passed"] = report.outcome
+        _FAULT_ROWS.append(props)
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    if not _FAULT_ROWS:
+        return
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    write("")
+    header = f"{'scenario':<22} {'backend':<10} {'result':<7} {'recovery s':>10} {'lost writes':>11} {'max wait s':>10}"
+    write("fault scenarios")
+    write(header)
+    write("-" * len(header))
+    for row in _FAULT_ROWS:
+        recovery = "-" if row.get("recovery_s") is None else f"{row['recovery_s']:.3f}"
+        lost = "-" if row.get("lost_writes") is None else str(row["lost_writes"])
+        wait = "-" if row.get("max_wait_s") is None else f"{row['max_wait_s']:.3f}"
+        write(f"{row['scenario']:<22} {row['backend']:<10} {row['passed']:<7} {recovery:>10} {lost:>11} {wait:>10}")
