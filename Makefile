@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 # Debian/Ubuntu packages the tests and the harness start (binary:package).
 SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
 
-.PHONY: test stress lint servers venv clean
+.PHONY: test stress faults lint servers venv clean
 
 test: venv servers
 	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
 
 stress: venv servers
 	$(BIN)/python -m stress $(STRESS_ARGS)
+
+# The fault suite alone, longer and with more greenlets, ending with its summary table.
+faults: venv servers
+	GREENPOOL_FAULTS_LONG=1 $(BIN)/python -m gevent.monkey --module pytest tests/test_faults.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check greenpool tests stress

@@ -27,7 +27,6 @@ from redis.connection import (
 from redis.event import AfterConnectionReleasedEvent
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from greenpool._green import fork_generation
 from greenpool._validate import check_callable, check_int, check_seconds
 from greenpool.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
@@ -156,6 +155,8 @@ class GeventPool(ConnectionPool):
             "name": name or _default_name(connection_kwargs),
         }
         self._own_dispatcher = connection_kwargs.get("event_dispatcher") is None
+        # The release event matters only with a caller's dispatcher, or once re_auth_callback() handed tokens out.
+        self._release_hook = not self._own_dispatcher
         # The base class validates what it knows, sets connection_class, connection_kwargs, max_connections,
         # cache, _lock and the maintenance-notification plumbing, then calls reset().
         super().__init__(connection_class=connection_class, max_connections=max_connections, **connection_kwargs)
@@ -204,20 +205,19 @@ class GeventPool(ConnectionPool):
             **settings,
         )
         self._suspects: Set[int] = set()
-        if old is not None and self._generation == fork_generation():
+        if old is not None:
             old.close()
-        self._generation = fork_generation()
         self.pid = os.getpid()
-
-    _generation = -1
+        _LIVE_POOLS.add(self)
 
     def _checkpid(self) -> None:
-        # The core notices a fork by itself (its child-side pool starts empty and never touches the parent's
-        # sockets); only the redis-py attributes need refreshing. No system call on the hot path.
-        if self._generation != fork_generation():
-            self._generation = fork_generation()
-            self._suspects = set()
-            self.pid = os.getpid()
+        # The core resets itself in a fork's child (its pool starts empty and never touches the parent's
+        # sockets) and the fork hook below refreshes ``pid``: nothing to do per call, no system call.
+        pass
+
+    def _after_fork(self) -> None:
+        self._suspects = set()
+        self.pid = os.getpid()
 
     @property
     def timeout(self) -> Optional[float]:
@@ -256,14 +256,13 @@ class GeventPool(ConnectionPool):
         that fails to connect is closed and its slot freed. The arguments are accepted, and ignored, for
         callers of redis-py before 5.3 (without a deprecation warning).
         """
-        if self._generation != fork_generation():
-            self._checkpid()
         pool = self._pool
         connection = pool.acquire()
         try:
             if self._suspects:
                 self._verify_suspect(connection)
-            connection.connect()
+            if not connection.is_connected:
+                connection.connect()
         except BaseException:
             pool.release(connection, discard=True)
             raise
@@ -279,8 +278,6 @@ class GeventPool(ConnectionPool):
         enters the pool. Releasing a connection a second time while it is idle does nothing; like every
         redis-py pool, this one cannot tell a late second release from the next holder's, so do not.
         """
-        if self._generation != fork_generation():
-            self._checkpid()
         pool = self._pool
         if not pool.owns(connection):
             if connection not in pool.idle_connections():
@@ -294,8 +291,8 @@ class GeventPool(ConnectionPool):
                     connection.disconnect()
                 elif exc is not None and not connection.is_connected:
                     self._suspect_idle(exc)
-                # Re-authenticates the connection if a credential provider handed over a new token.
-                self._release_event(connection)
+                if self._release_hook:
+                    self._release_event(connection)
             except BaseException:
                 pool.release(connection, discard=True)
                 raise
@@ -374,6 +371,7 @@ class GeventPool(ConnectionPool):
         """
         for connection in self._pool.idle_connections():
             connection.disconnect()
+        self._release_hook = True
         for connection in self._pool.in_use_connections():
             connection.set_re_auth_token(token)
 
@@ -402,6 +400,18 @@ class GeventPool(ConnectionPool):
         Raises what connecting raises. The pool also tops itself up in the background.
         """
         self._pool.prewarm()
+
+
+#: Every GeventPool of this process; their ``pid`` is refreshed in a fork's child.
+_LIVE_POOLS: weakref.WeakSet[GeventPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _deref(ref: weakref.ReferenceType[GeventPool]) -> GeventPool:
