@@ -70,14 +70,17 @@ class _Entry:
 
 
 class _Waiter:
-    """A greenlet queued for a connection; ``value`` is what it was handed."""
+    """A greenlet queued for a connection; ``value`` is what it was handed, ``wake`` the hub callback that
+    resumes it, ``deadline`` when it gives up (for waiters on the shared deadline timer)."""
 
-    __slots__ = ("greenlet", "state", "value")
+    __slots__ = ("deadline", "greenlet", "state", "value", "wake")
 
     def __init__(self, greenlet: Any) -> None:
         self.greenlet = greenlet
         self.state = _WAITING
         self.value: Any = None
+        self.wake: Any = None
+        self.deadline = 0.0
 
 
 class PooledConnection(Generic[C]):
@@ -197,6 +200,11 @@ class Pool(Generic[C]):
         self._idle: Any = _green.LifoQueue()
         self._idle_list: List[_Entry] = self._idle.queue  # the stack itself, for reaping and counting
         self._waiters: Deque[_Waiter] = deque()
+        # Waiters that share one timeout are also queued here, in arrival order, so their deadlines are in
+        # order too and one timer, armed for the oldest, expires them all (no timer per wait).
+        self._expiry: Deque[_Waiter] = deque()
+        self._expiry_timeout: Optional[float] = None
+        self._deadline_timer: Any = None
         self._nwaiting = 0  # live waiters (the deque also holds gone ones, skipped lazily)
         self._ngone = 0
         self._size = 0  # open connections + slots being filled
@@ -225,8 +233,9 @@ class Pool(Generic[C]):
         inherited = [*self._idle_list, *self._in_use.values()]
         self._orphans = dict(self._in_use)
         self._finalizer.detach()
-        if self._maint_timer is not None:
-            self._maint_timer.close()
+        for timer in (self._maint_timer, self._deadline_timer):
+            if timer is not None:
+                timer.close()
         self._reset()
         self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
         if self._detach is not None:
@@ -313,8 +322,16 @@ class Pool(Generic[C]):
         timer = None
         start = _green.monotonic()
         if timeout is not None:
-            timer = self._loop.timer(timeout)
-            timer.start(self._expire, waiter)
+            expiry = self._expiry
+            if not expiry or timeout == self._expiry_timeout:
+                self._expiry_timeout = timeout
+                waiter.deadline = start + timeout
+                expiry.append(waiter)
+                if self._deadline_timer is None:
+                    self._arm_deadline(timeout)
+            else:
+                timer = self._loop.timer(timeout)
+                timer.start(self._expire, waiter)
         try:
             self._hub.switch()
         except BaseException:
@@ -327,10 +344,11 @@ class Pool(Generic[C]):
         waited_ms = (_green.monotonic() - start) * 1000.0
         stats.requests_wait_ms += waited_ms
         stats.waits_ms.append(waited_ms)
-        value = waiter.value
-        if waiter.state != _DONE:
-            # Woken by its own timer (state _GONE): the time is up.
+        if waiter.state != _GIVEN:
+            # Woken by a timer (state _GONE): the time is up.
             self._timed_out(waited_ms / 1000.0)
+        waiter.state = _DONE
+        value = waiter.value
         if isinstance(value, BaseException):
             raise value
         return value
@@ -348,17 +366,36 @@ class Pool(Generic[C]):
             self._forget(waiter)
             waiter.greenlet.switch()
 
-    def _wake(self, waiter: _Waiter) -> None:
-        """Hub callback: resume a waiter that was handed a value, unless it has gone meanwhile."""
-        if waiter.state == _GIVEN:
-            waiter.state = _DONE
-            waiter.greenlet.switch()
+    def _arm_deadline(self, delay: float) -> None:
+        timer = self._loop.timer(max(delay, 0.0))
+        timer.start(self._on_deadline)
+        self._deadline_timer = timer
+
+    def _on_deadline(self) -> None:
+        """Shared timer callback (runs in the hub): time out every due waiter, re-arm for the next one."""
+        self._deadline_timer.close()
+        self._deadline_timer = None
+        expiry = self._expiry
+        now = _green.monotonic()
+        while expiry:
+            waiter = expiry[0]
+            if waiter.state != _WAITING:
+                expiry.popleft()
+            elif waiter.deadline <= now + 0.001:
+                expiry.popleft()
+                self._forget(waiter)
+                self._loop.run_callback(waiter.greenlet.switch)
+            else:
+                self._arm_deadline(waiter.deadline - now)
+                break
 
     def _abandon(self, waiter: _Waiter) -> None:
         state = waiter.state
         if state == _WAITING:
             self._forget(waiter)
-        elif state in (_GIVEN, _DONE):
+        elif state == _GIVEN:
+            # Handed something, but interrupted before it could resume: cancel the wake-up, pass it on.
+            waiter.wake.stop()
             waiter.state = _GONE
             value, waiter.value = waiter.value, None
             if isinstance(value, _Entry):
@@ -384,7 +421,10 @@ class Pool(Generic[C]):
                 waiter.state = _GIVEN
                 waiter.value = value
                 self._nwaiting -= 1
-                self._loop.run_callback(self._wake, waiter)
+                waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
+                expiry = self._expiry
+                while expiry and expiry[0].state != _WAITING:
+                    expiry.popleft()
                 return True
             self._ngone -= 1
         return False
@@ -603,6 +643,9 @@ class Pool(Generic[C]):
         if self._maint_timer is not None:
             self._maint_timer.close()
             self._maint_timer = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.close()
+            self._deadline_timer = None
         while self._nwaiting and self._hand_off(self.closed_error(f"{self.name} was closed while waiting")):
             pass
         idle = self._idle_list

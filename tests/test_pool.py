@@ -91,6 +91,50 @@ def test_timeout_is_honoured_within_50ms() -> None:
     assert pool.get_stats()["requests_timeouts"] == 2
 
 
+def test_mixed_timeouts_each_expire_on_time() -> None:
+    # Waiters sharing a timeout are expired by one timer; others get their own. Each must fire on time.
+    pool = make_pool(max_size=1, timeout=0.3)
+    held = pool.acquire()
+    ended: dict[str, float] = {}
+
+    def wait(label: str, timeout: object) -> None:
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            pool.acquire() if timeout is None else pool.acquire(timeout)
+        ended[label] = time.monotonic() - start
+
+    greenlets = [
+        gevent.spawn(wait, "default-1", None),
+        gevent.spawn(wait, "short", 0.1),
+        gevent.spawn(wait, "default-2", None),
+        gevent.spawn(wait, "long", 0.5),
+    ]
+    gevent.joinall(greenlets, timeout=5, raise_error=True)
+    for label, expected in (("default-1", 0.3), ("short", 0.1), ("default-2", 0.3), ("long", 0.5)):
+        assert abs(ended[label] - expected) < 0.05, ended
+    pool.release(held)
+    accounted(pool)
+
+
+def test_steady_hand_off_keeps_the_expiry_queue_short() -> None:
+    pool = make_pool(max_size=2, timeout=5)
+    longest = [0]
+    stop = gevent.event.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with pool.connection():
+                longest[0] = max(longest[0], len(pool._expiry))
+                gevent.sleep(0)
+
+    greenlets = [gevent.spawn(worker) for _ in range(50)]
+    gevent.sleep(0.3)
+    stop.set()
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    assert pool.get_stats()["requests_queued"] > 1000
+    assert longest[0] <= 50  # at most one entry per waiting greenlet: served ones do not pile up
+
+
 def test_timeout_zero_never_waits() -> None:
     pool = make_pool(max_size=1)
     held = pool.acquire()
