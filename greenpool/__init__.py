@@ -1,8 +1,8 @@
 """greenpool: fair, interruption-safe connection pools for gevent.
 
-``Pool`` (the generic core) and the errors import with gevent alone; ``GeventPool`` (redis-py) and
-``TarantoolPool`` (tarantool-python) are imported on first access, so their clients are only needed by
-those who use them.
+``Pool`` (the generic core) and the errors import with gevent alone; ``GeventPool`` (redis-py),
+``TarantoolPool`` (tarantool-python) and ``TarantoolMux`` (one multiplexed Tarantool socket shared by many
+greenlets) are imported on first access, so their clients are only needed by those who use them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from greenpool.pool import Pool, PooledConnection
 if TYPE_CHECKING:
     from greenpool.redis import GeventPool
     from greenpool.tarantool import TarantoolPool
+    from greenpool.tarantool_mux import TarantoolMux
 
 __version__ = "0.1.0"
 
@@ -25,13 +26,18 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "PooledConnection",
+    "TarantoolMux",
     "TarantoolPool",
     "TooManyWaiting",
     "UnknownConnection",
     "WrongThread",
 ]
 
-_LAZY = {"GeventPool": "greenpool.redis", "TarantoolPool": "greenpool.tarantool"}
+_LAZY = {
+    "GeventPool": "greenpool.redis",
+    "TarantoolPool": "greenpool.tarantool",
+    "TarantoolMux": "greenpool.tarantool_mux",
+}
 
 
 def __getattr__(name: str) -> Any:
