@@ -7,9 +7,9 @@ argument and shows the value it was given. Depends on nothing.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
-__all__ = ["check_int", "check_seconds", "check_callable"]
+__all__ = ["check_callable", "check_credentials", "check_int", "check_name", "check_seconds", "check_sizes"]
 
 
 def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
@@ -43,3 +43,31 @@ def check_callable(name: str, value: Any, *, allow_none: bool = True) -> Any:
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {value!r} ({type(value).__name__})")
     return value
+
+
+def check_sizes(
+    min_size: Any, max_size: Any, *, min_name: str = "min_size", max_name: str = "max_size"
+) -> Tuple[int, int]:
+    """Return ``(min_size, max_size)``: ints, ``max_size >= 1`` and ``min_size <= max_size``."""
+    max_size = check_int(max_name, max_size, minimum=1)
+    min_size = check_int(min_name, min_size)
+    if min_size > max_size:
+        raise ValueError(f"{min_name} must be <= {max_name}, got {min_name}={min_size!r}, {max_name}={max_size!r}")
+    return min_size, max_size
+
+
+def check_name(value: Any) -> Optional[str]:
+    """Return ``value`` if it is a str or None (a pool's ``name``)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"name must be a str or None, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_credentials(user: Any, password: Any) -> None:
+    """Check a user name and a password; the message never shows the password's value."""
+    if user is not None and (not isinstance(user, str) or not user):
+        raise TypeError(f"user must be a non-empty str or None, got {user!r} ({type(user).__name__})")
+    if password is not None and not isinstance(password, str):
+        raise TypeError(f"password must be a str or None, got a {type(password).__name__}")
+    if password is not None and user is None:
+        raise ValueError("password was given without user: a password without a user is ignored by the server")

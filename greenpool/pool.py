@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
 
 from greenpool import _green
-from greenpool._validate import check_callable, check_int, check_seconds
+from greenpool._validate import check_callable, check_int, check_name, check_seconds, check_sizes
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection, WrongThread
 from greenpool.stats import Counters
 
@@ -173,7 +173,7 @@ class Pool(Generic[C]):
         self._create = check_callable("create", create, allow_none=False)
         self._close = check_callable("close", close)
         self._check = check_callable("check", check)
-        self.max_size, self.min_size = _check_sizes(min_size, max_size)
+        self.min_size, self.max_size = check_sizes(min_size, max_size)
         self.timeout = check_seconds("timeout", timeout)
         self.check_after_idle = check_seconds("check_after_idle", check_after_idle)
         self.max_lifetime = check_seconds("max_lifetime", max_lifetime, allow_zero=False)
@@ -182,9 +182,7 @@ class Pool(Generic[C]):
         self.max_waiting = check_int("max_waiting", max_waiting)
         self.keep_on = _check_keep_on(keep_on)
         self._detach = check_callable("detach", detach)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r} ({type(name).__name__})")
-        self.name = name or f"pool-{id(self):x}"
+        self.name = check_name(name) or f"pool-{id(self):x}"
         self._closed = False
         self._stats = Counters()
         self._orphans: Dict[int, _Entry] = {}  # checked out before a fork, in the child
@@ -616,7 +614,7 @@ class Pool(Generic[C]):
         Growing ``max_size`` lets waiters create connections at once; shrinking it closes surplus idle
         connections now and surplus busy ones when they are released.
         """
-        new_max, new_min = _check_sizes(
+        new_min, new_max = check_sizes(
             self.min_size if min_size is None else min_size,
             self.max_size if max_size is None else max_size,
         )
@@ -730,14 +728,6 @@ class Pool(Generic[C]):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _check_sizes(min_size: Any, max_size: Any) -> Tuple[int, int]:
-    max_size = check_int("max_size", max_size, minimum=1)
-    min_size = check_int("min_size", min_size)
-    if min_size > max_size:
-        raise ValueError(f"min_size must be <= max_size, got min_size={min_size!r}, max_size={max_size!r}")
-    return max_size, min_size
 
 
 def _check_keep_on(keep_on: Any) -> Any:

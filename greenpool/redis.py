@@ -27,7 +27,7 @@ from redis.connection import (
 from redis.event import AfterConnectionReleasedEvent
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from greenpool._validate import check_callable, check_int, check_seconds
+from greenpool._validate import check_callable, check_int, check_name, check_seconds, check_sizes
 from greenpool.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
@@ -128,18 +128,13 @@ class GeventPool(ConnectionPool):
     ) -> None:
         if max_connections is None:
             max_connections = 50
-        max_connections = check_int("max_connections", max_connections, minimum=1)
+        min_connections, max_connections = check_sizes(
+            min_connections, max_connections, min_name="min_connections", max_name="max_connections"
+        )
         self._timeout = check_seconds("timeout", timeout)
         check_callable("connection_class", connection_class, allow_none=False)
         self.queue_class = check_callable("queue_class", queue_class)
-        min_connections = check_int("min_connections", min_connections)
-        if min_connections > max_connections:
-            raise ValueError(
-                f"min_connections must be <= max_connections, got min_connections={min_connections!r}, "
-                f"max_connections={max_connections!r}"
-            )
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r} ({type(name).__name__})")
+        check_name(name)
         if connection_kwargs.pop("ssl", False):
             if connection_class is Connection:
                 connection_class = SSLConnection

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gevent import monkey
 
-from greenpool._validate import check_int, check_seconds
+from greenpool._validate import check_credentials, check_int, check_seconds, check_sizes
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
@@ -205,16 +205,6 @@ def _check_address(host: Any, port: Any) -> None:
         raise ValueError(f"port must be in 1..65535, got {port!r}")
 
 
-def _check_credentials(user: Any, password: Any) -> None:
-    if user is not None and (not isinstance(user, str) or not user):
-        raise TypeError(f"user must be a non-empty str or None, got {user!r} ({type(user).__name__})")
-    if password is not None and not isinstance(password, str):
-        # Never show the value: it may be a secret of the wrong type.
-        raise TypeError(f"password must be a str or None, got a {type(password).__name__}")
-    if password is not None and user is None:
-        raise ValueError("password was given without user: tarantool-python ignores a password without a user")
-
-
 class TarantoolPool(Pool[Any]):
     """A fair, bounded pool of ``tarantool.Connection`` objects for one process and one gevent hub.
 
@@ -262,14 +252,10 @@ class TarantoolPool(Pool[Any]):
         **connection_kwargs: Any,
     ) -> None:
         _check_address(host, port)
-        _check_credentials(user, password)
-        max_connections = check_int("max_connections", max_connections, minimum=1)
-        min_connections = check_int("min_connections", min_connections)
-        if min_connections > max_connections:
-            raise ValueError(
-                f"min_connections must be <= max_connections, got min_connections={min_connections!r}, "
-                f"max_connections={max_connections!r}"
-            )
+        check_credentials(user, password)
+        min_connections, max_connections = check_sizes(
+            min_connections, max_connections, min_name="min_connections", max_name="max_connections"
+        )
         self.host = host
         self.port = port
         self.user = user

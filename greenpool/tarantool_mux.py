@@ -37,7 +37,7 @@ from gevent.monkey import get_original
 from msgpack import OutOfData
 
 from greenpool import _green
-from greenpool._validate import check_int, check_seconds
+from greenpool._validate import check_credentials, check_int, check_name, check_seconds
 from greenpool.errors import PoolClosed, WrongThread
 
 try:
@@ -713,14 +713,8 @@ class TarantoolMux:
                 raise ValueError(f"port must be in 1..65535, got {port!r}")
             self._address = (host, port)
             self._family = _socket_module.AF_INET6 if ":" in host else _socket_module.AF_INET
-        if user is not None and (not isinstance(user, str) or not user):
-            raise TypeError(f"user must be a non-empty str or None, got {user!r} ({type(user).__name__})")
-        if password is not None and not isinstance(password, str):
-            raise TypeError(f"password must be a str or None, got a {type(password).__name__}")
-        if password is not None and user is None:
-            raise ValueError("password was given without user")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r} ({type(name).__name__})")
+        check_credentials(user, password)
+        check_name(name)
         self.host = host
         self.port = port
         self.user = user
