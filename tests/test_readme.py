@@ -35,3 +35,10 @@ def test_tarantool_example_runs(tarantool_server: Any) -> None:
     assert "@127.0.0.1:3301" in block
     code = block.replace("@127.0.0.1:3301", f"@{tarantool_server.host}:{tarantool_server.port}")
     assert run(code).strip() == "([[7, 'value 7']], [8]) 10"
+
+
+def test_tarantool_mux_example_runs(tarantool_server: Any) -> None:
+    [block] = [b for b in python_blocks() if "TarantoolMux(" in b]
+    assert '"127.0.0.1", 3301' in block
+    code = block.replace('"127.0.0.1", 3301', f'"{tarantool_server.host}", {tarantool_server.port}')
+    assert run(code).strip() == "[[1, 'one']]"
