@@ -226,12 +226,7 @@ class _Shared:
                 pending.pop(sync, None)
                 continue
             self.in_flight += 1
-            out = conn.out
-            out.append(header)
-            out.append(body)
-            if not conn.flush_pending:
-                conn.flush_pending = True
-                conn.loop.run_callback(conn.flush)
+            conn.send_soon(header, body)
 
     def is_queued(self, sync: int) -> bool:
         """Whether request ``sync`` (still registered) waits for a slot rather than for its reply."""
@@ -348,6 +343,15 @@ class _Conn:
         return pending
 
     # -------------------------------------------------------------- output
+
+    def send_soon(self, header: bytes, body: bytes) -> None:
+        """Queue a request; everything queued during this loop turn goes out in one ``send``."""
+        out = self.out
+        out.append(header)
+        out.append(body)
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.run_callback(self.flush)
 
     def flush(self) -> None:
         """Send what the requests queued (a hub callback, or the end of a read); never blocks."""
@@ -822,12 +826,7 @@ class TarantoolMux:
         pending[sync] = glet
         if shared.in_flight < shared.max_in_flight and not shared.deferred:
             shared.in_flight += 1
-            out = conn.out
-            out.append(header)
-            out.append(body)
-            if not conn.flush_pending:
-                conn.flush_pending = True
-                conn.loop.run_callback(conn.flush)
+            conn.send_soon(header, body)
         else:
             shared.deferred.append((glet, conn, pending, sync, header, body))
         switch = self._hub.switch

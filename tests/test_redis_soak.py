@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, List, Optional, Set
 
 import gevent
 import pytest
@@ -23,19 +23,11 @@ from gevent.event import Event
 from redis._parsers import _HiredisParser, _RESP2Parser
 
 from greenpool import GeventPool
+from tests.test_redis import server_kwargs
 
 GREENLETS = 200
 ROUNDS = 500
 MAX_CONNECTIONS = 20
-
-
-def _server_kwargs(server: Any) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = {"host": server.host, "port": server.port}
-    if getattr(server, "password", None):
-        kwargs["password"] = server.password
-    if getattr(server, "user", None):
-        kwargs["username"] = server.user
-    return kwargs
 
 
 @pytest.mark.slow
@@ -57,7 +49,7 @@ def test_interrupted_commands_never_leak_replies(
         parser_class=parser_class,
         protocol=protocol,
         driver_info=None,
-        **_server_kwargs(redis_server),
+        **server_kwargs(redis_server),
     )
     r = redis.Redis(connection_pool=pool)
     prefix = f"greenpool-soak:{uuid.uuid4().hex[:8]}:"
