@@ -33,6 +33,7 @@ from stress.contenders import (
     TARANTOOL_CONTENDERS,
     TARANTOOL_OPS,
     Contender,
+    MuxTarantool,
     RedisTarget,
     TarantoolTarget,
     alternate,
@@ -50,6 +51,8 @@ DEFAULT_TIMEOUT = 1.0
 DEFAULT_DURATION = 3.0
 #: --value-size defaults: small Redis values; 1.5 KB tuples for Tarantool, as in the original article.
 DEFAULT_VALUE_SIZE = {"redis": 100, "tarantool": 1500}
+#: Figures that do not apply to a contender without checkouts (``mux``): None in the JSON, "-" in the table.
+NO_CHECKOUT_FIGURES = ("checkouts", "wait_p50_ms", "wait_p99_ms", "wait_max_ms")
 #: The memory scenario parks at least this many greenlets, for a figure well above the RSS noise.
 MIN_MEMORY_WAITERS = 10_000
 
@@ -214,7 +217,9 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     _add_common(redis_cmd, DEFAULT_MAX)
 
     tnt_cmd = commands.add_parser(
-        "tarantool", help="compare greenpool with dedicated connections on Tarantool", description="Tarantool."
+        "tarantool",
+        help="compare greenpool's pool and mux with dedicated connections on Tarantool",
+        description="Tarantool: TarantoolPool, TarantoolMux and dedicated connections.",
     )
     tnt_cmd.add_argument(
         "--url",
@@ -228,6 +233,13 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         default=list(TARANTOOL_CONTENDERS),
         metavar="NAME[,NAME...]",
         help="contenders: " + "; ".join(f"{c.name}: {c.help}" for c in TARANTOOL_CONTENDERS.values()),
+    )
+    tnt_cmd.add_argument(
+        "--mux-connections",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="sockets of the mux contender's TarantoolMux, whatever --max-connections says (default 1)",
     )
     _add_common(tnt_cmd, DEFAULT_MAX)
 
@@ -358,6 +370,8 @@ def _run_sweep(
             )
             run = {"contender": name, "max_connections": size, "order": len(runs) + 1}
             run.update(figures)
+            if not by_name[name].has_checkout:
+                run.update(dict.fromkeys(NO_CHECKOUT_FIGURES))
             runs.append(run)
             if figures["first_error"]:
                 sys.stderr.write(f"{name} max={size}: {figures['errors']} errors, first: {figures['first_error']}\n")
@@ -389,6 +403,8 @@ def _format_memory(memory: Dict[str, Any]) -> str:
 def _available(args: argparse.Namespace) -> Tuple[List[Contender], Dict[str, str]]:
     """The chosen contenders that can run here, and why the others cannot (also said on stderr)."""
     known = REDIS_CONTENDERS if args.kind == "redis" else TARANTOOL_CONTENDERS
+    if args.kind == "tarantool":
+        known = dict(known, mux=MuxTarantool(getattr(args, "mux_connections", 1)))
     contenders: List[Contender] = []
     skipped: Dict[str, str] = {}
     for name in args.pools:
@@ -402,7 +418,7 @@ def _available(args: argparse.Namespace) -> Tuple[List[Contender], Dict[str, str
 
 
 def _scenario(args: argparse.Namespace, contenders: List[Contender], where: str) -> Dict[str, Any]:
-    return {
+    scenario: Dict[str, Any] = {
         "command": args.command,
         "server": args.kind,
         "op": args.op,
@@ -414,6 +430,9 @@ def _scenario(args: argparse.Namespace, contenders: List[Contender], where: str)
         "pools": [c.name for c in contenders],
         "where": where,
     }
+    if any(c.name == "mux" for c in contenders):
+        scenario["mux_connections"] = args.mux_connections
+    return scenario
 
 
 def _header(args: argparse.Namespace, target: Any, where: str, versions: Dict[str, Any]) -> str:
@@ -460,6 +479,12 @@ def _compare(args: argparse.Namespace) -> int:
             if any(c.name == "greenpool" for c in contenders):
                 memory = memory_per_waiter(server["url"], max(args.greenlets, MIN_MEMORY_WAITERS))
     blocks = [report.format_table(runs)]
+    if any(c.name == "mux" for c in contenders):
+        sockets = f"{args.mux_connections} socket{'s' if args.mux_connections > 1 else ''}"
+        blocks[0] += (
+            f"\nmux: one TarantoolMux ({sockets}) at every size; no checkout, so no wait figures (-); "
+            "a request timeout counts as failed."
+        )
     if single is not None:
         blocks.append(_format_single(single, target.describe()))
     if memory is not None:

@@ -9,7 +9,11 @@ turns a target, a ``max_connections`` and a greenlet count into a :class:`stress
 - ``redis-blocking`` / ``redis-blocking-gevent``: redis-py's ``BlockingConnectionPool`` with its default
   ``queue.LifoQueue`` / with ``gevent.queue.LifoQueue``;
 - ``ceiling``: ``max_connections`` greenlets, each with a dedicated connection behind a "pool" that does
-  nothing: what a zero-cost pool could reach.
+  nothing: what a zero-cost pool could reach;
+- ``mux`` (Tarantool only): one ``greenpool.TarantoolMux`` (``connections=1`` unless asked otherwise) shared
+  by every greenlet, whatever ``max_connections`` says. It has no checkout, so it records no checkout
+  waits (:attr:`Contender.has_checkout` is false); a request that times out (``MuxTimeout``) counts as a
+  failed operation, like a failed checkout.
 
 Every Redis contender runs the same code path (``redis.Redis`` command methods, with the pool's
 ``get_connection`` timed); only the pool differs. Connections opened are counted by a subclass of the
@@ -32,6 +36,7 @@ __all__ = [
     "TARANTOOL_CONTENDERS",
     "TARANTOOL_OPS",
     "Contender",
+    "MuxTarantool",
     "RedisTarget",
     "TarantoolTarget",
     "alternate",
@@ -168,12 +173,14 @@ class TarantoolTarget:
 
 
 class Contender:
-    """One way of sharing connections among greenlets; see the module docstring for the four kinds."""
+    """One way of sharing connections among greenlets; see the module docstring for the kinds."""
 
     #: Name used by ``--pools``, in tables and in JSON.
     name = ""
     #: One line for the help text.
     help = ""
+    #: False for a contender without checkouts (its wait figures are not applicable and are reported as None).
+    has_checkout = True
 
     def unavailable(self) -> Optional[str]:
         """Why this contender cannot run here (``None`` when it can)."""
@@ -414,10 +421,50 @@ class TarantoolCeiling(Contender):
         return Workload(ops, close, lambda: opened[0])
 
 
+class MuxTarantool(Contender):
+    name = "mux"
+    help = "one greenpool.TarantoolMux shared by every greenlet (no checkout; --mux-connections sockets)"
+    has_checkout = False
+
+    def __init__(self, connections: int = 1) -> None:
+        self.connections = connections
+
+    def unavailable(self) -> Optional[str]:
+        return _import_error("greenpool.tarantool_mux", "TarantoolMux")
+
+    def workload(
+        self, target: TarantoolTarget, max_connections: int, greenlets: int, timeout: float, stats: RunStats
+    ) -> Workload:
+        from greenpool.tarantool_mux import MuxTimeout, TarantoolMux
+
+        mux = TarantoolMux(
+            target.host,
+            target.port,
+            user=target.user,
+            password=target.password,
+            connections=self.connections,
+            timeout=timeout,
+        )
+
+        def make_op(action: Callable[[Any], Any]) -> Callable[[], None]:
+            def op() -> None:
+                try:
+                    action(mux)
+                except MuxTimeout as exc:
+                    raise CheckoutFailed(str(exc)) from exc
+
+            return op
+
+        ops = [make_op(target.action_for(i)) for i in range(greenlets)]
+        return Workload(ops, mux.close, lambda: int(mux.get_stats()["connects"]))
+
+
 REDIS_CONTENDERS: Dict[str, Contender] = {
     c.name: c for c in (GreenpoolRedis(), RedisBlocking(), RedisBlockingGevent(), RedisCeiling())
 }
-TARANTOOL_CONTENDERS: Dict[str, Contender] = {c.name: c for c in (GreenpoolTarantool(), TarantoolCeiling())}
+TARANTOOL_CONTENDERS: Dict[str, Contender] = {
+    c.name: c for c in (GreenpoolTarantool(), MuxTarantool(), TarantoolCeiling())
+}
 
 
 def alternate(names: List[str], round_index: int) -> List[str]:

@@ -38,27 +38,41 @@ TUNE_WITHIN = 0.95
 
 
 def add_ratios(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Set ``vs_ceiling`` and ``vs_redis_blocking`` (ok/s ratios at the same max_connections) on each run.
+    """Set ``vs_ceiling`` and ``vs_redis_blocking`` (ok/s ratios at the same max_connections) on each run,
+    and ``vs_greenpool`` on the ``mux`` runs (``None`` on the others).
 
     Returns the ``greenpool / ceiling`` and ``greenpool / redis-blocking`` ratios, one dict per
-    max_connections (``None`` where a contender did not run).
+    max_connections (``None`` where a contender did not run), plus ``mux_vs_greenpool`` when a mux ran.
     """
     by_key = {(r["contender"], r["max_connections"]): r for r in runs}
+    with_mux = any(r["contender"] == "mux" for r in runs)
     for run in runs:
         for field, other in (("vs_ceiling", "ceiling"), ("vs_redis_blocking", "redis-blocking")):
-            ref = by_key.get((other, run["max_connections"]))
-            run[field] = round(run["ok_per_s"] / ref["ok_per_s"], 3) if ref and ref["ok_per_s"] else None
+            run[field] = _ok_ratio(run, by_key.get((other, run["max_connections"])))
+        if with_mux:
+            mine = run["contender"] == "mux"
+            run["vs_greenpool"] = _ok_ratio(run, by_key.get(("greenpool", run["max_connections"]))) if mine else None
     ratios = []
     for size in sorted({r["max_connections"] for r in runs}):
         ours = by_key.get(("greenpool", size))
-        ratios.append(
-            {
-                "max_connections": size,
-                "greenpool_vs_ceiling": ours["vs_ceiling"] if ours else None,
-                "greenpool_vs_redis_blocking": ours["vs_redis_blocking"] if ours else None,
-            }
-        )
+        ratio = {
+            "max_connections": size,
+            "greenpool_vs_ceiling": ours["vs_ceiling"] if ours else None,
+            "greenpool_vs_redis_blocking": ours["vs_redis_blocking"] if ours else None,
+        }
+        if with_mux:
+            mux = by_key.get(("mux", size))
+            ratio["mux_vs_greenpool"] = mux["vs_greenpool"] if mux else None
+        ratios.append(ratio)
     return ratios
+
+
+def _ok_ratio(run: Dict[str, Any], ref: Optional[Dict[str, Any]]) -> Optional[float]:
+    return round(run["ok_per_s"] / ref["ok_per_s"], 3) if ref and ref["ok_per_s"] else None
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:,.1f}ms"
 
 
 def _ratio(value: Optional[float]) -> str:
@@ -82,7 +96,9 @@ def format_table(runs: Iterable[Dict[str, Any]]) -> str:
         "growth",
         "/ceiling",
         "/redis-blocking",
+        "/greenpool",
     )
+    optional = 3  # the ratio columns, dropped when no run has a value for them
     rows: List[Tuple[str, ...]] = []
     for r in sorted(runs, key=lambda r: r["max_connections"]):
         opened = r.get("connections_opened")
@@ -94,18 +110,19 @@ def format_table(runs: Iterable[Dict[str, Any]]) -> str:
                 f"{r['failed']:,}",
                 f"{r['errors']:,}",
                 f"{r['success_pct']:.1f}%",
-                f"{r['wait_p50_ms']:,.1f}ms",
-                f"{r['wait_p99_ms']:,.1f}ms",
-                f"{r['wait_max_ms']:,.1f}ms",
+                _ms(r["wait_p50_ms"]),
+                _ms(r["wait_p99_ms"]),
+                _ms(r["wait_max_ms"]),
                 "?" if opened is None else str(opened),
                 f"{r['rss_peak_mb']:.0f}MiB",
                 f"+{r['rss_growth_mb']:.1f}",
                 _ratio(r.get("vs_ceiling")),
                 _ratio(r.get("vs_redis_blocking")),
+                _ratio(r.get("vs_greenpool")),
             )
         )
-    # Drop the ratio columns no run has a value for (e.g. tune, or a sweep without the ceiling).
-    keep = [i for i in range(len(header)) if i < len(header) - 2 or any(row[i] != "-" for row in rows)]
+    # Drop the ratio columns no run has a value for (e.g. tune, or a sweep without the ceiling or the mux).
+    keep = [i for i in range(len(header)) if i < len(header) - optional or any(row[i] != "-" for row in rows)]
     header = tuple(header[i] for i in keep)
     rows = [tuple(row[i] for i in keep) for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -301,7 +318,10 @@ def write_plot(path: str, runs: List[Dict[str, Any]], title: str) -> None:
         mine = sorted((r for r in runs if r["contender"] == name), key=lambda r: r["max_connections"])
         xs = [r["max_connections"] for r in mine]
         top.plot(xs, [r["ok_per_s"] for r in mine], marker="o", label=name)
-        bottom.plot(xs, [max(r["wait_p99_ms"], 0.001) for r in mine], marker="o", label=name)
+        waited = [r for r in mine if r["wait_p99_ms"] is not None]  # the mux has no checkout wait
+        if waited:
+            ys = [max(r["wait_p99_ms"], 0.001) for r in waited]
+            bottom.plot([r["max_connections"] for r in waited], ys, marker="o", label=name)
     top.set_ylabel("ok/s")
     top.set_title(title)
     top.grid(True, alpha=0.3)

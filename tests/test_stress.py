@@ -81,11 +81,17 @@ def check_runs(doc: Dict[str, Any], contenders: List[str], sizes: List[int], gre
         assert run["ok"] > 0 and run["ok_per_s"] > 0, where
         assert run["errors"] == 0, f"{where}: {run['first_error']}"
         assert 0.0 <= run["success_pct"] <= 100.0, where
-        assert run["checkouts"] >= run["ok"], where
-        assert 0.0 <= run["wait_p50_ms"] <= run["wait_p99_ms"] <= run["wait_max_ms"], where
         assert 0.5 <= run["elapsed_s"] < 5.0, where
         assert run["rss_peak_mb"] > 0 and run["rss_growth_mb"] >= 0, where
         size = run["max_connections"]
+        if run["contender"] == "mux":
+            # No checkout: the wait figures do not apply; one shared socket whatever max_connections says.
+            assert run["checkouts"] is None, where
+            assert run["wait_p50_ms"] is None and run["wait_p99_ms"] is None and run["wait_max_ms"] is None, where
+            assert run["greenlets"] == greenlets and run["connections_opened"] == 1, where
+            continue
+        assert run["checkouts"] >= run["ok"], where
+        assert 0.0 <= run["wait_p50_ms"] <= run["wait_p99_ms"] <= run["wait_max_ms"], where
         if run["contender"] == "ceiling":
             # One greenlet per dedicated connection, each connected exactly once.
             assert run["greenlets"] == size and run["connections_opened"] == size, where
@@ -163,17 +169,45 @@ def test_redis_run_has_the_extra_scenarios_and_targets(redis_report: Tuple[Any, 
     assert "Targets (greenpool):" in proc.stdout and "One greenlet, no contention" in proc.stdout
 
 
+def check_mux(doc: Dict[str, Any], stdout: str, sizes: List[int]) -> None:
+    """The mux runs: 100 % success within the 1 s timeout, and its ratio to greenpool in the JSON and table."""
+    by_key = {(r["contender"], r["max_connections"]): r for r in doc["runs"]}
+    assert doc["scenario"]["mux_connections"] == 1
+    assert [r["max_connections"] for r in doc["ratios"]] == sizes
+    for ratio in doc["ratios"]:
+        size = ratio["max_connections"]
+        mux = by_key[("mux", size)]
+        assert mux["success_pct"] >= 99.0, mux  # requests time out only after 1 s; a run lasts 1 s
+        expected = mux["ok_per_s"] / by_key[("greenpool", size)]["ok_per_s"]
+        assert mux["vs_greenpool"] == pytest.approx(expected, abs=1e-3)
+        assert ratio["mux_vs_greenpool"] == mux["vs_greenpool"]
+        assert mux["vs_ceiling"] == pytest.approx(mux["ok_per_s"] / by_key[("ceiling", size)]["ok_per_s"], abs=1e-3)
+        for other in ("greenpool", "ceiling"):
+            assert by_key[(other, size)]["vs_greenpool"] is None
+    table = stdout.split("\n\n")[1].splitlines()
+    assert table[0].split()[-1] == "/greenpool"
+    mux_rows = [line.split() for line in table if line.split()[1:2] == ["mux"]]
+    assert len(mux_rows) == len(sizes)
+    for row in mux_rows:
+        # wait p50, p99 and max are "-"; conns is 1; /greenpool is a ratio.
+        assert row[6:9] == ["-", "-", "-"] and row[9] == "1" and row[-1].endswith("x"), row
+    for line in table:
+        if line.split()[1:2] in (["greenpool"], ["ceiling"]):
+            assert line.split()[-1] == "-", line
+
+
 def test_tarantool_run(tarantool_server: Any, tmp_path: Path) -> None:
     proc, doc = run_json(tmp_path, "tarantool", "--url", tarantool_server.url, "--progress", *SHORT)
-    expected = ["greenpool", "ceiling"]
+    expected = ["greenpool", "mux", "ceiling"]
     if importlib.util.find_spec("greenpool.tarantool") is None:
         assert "greenpool" in doc["skipped"] and "skipping greenpool" in proc.stderr
-        expected = ["ceiling"]
+        expected = ["mux", "ceiling"]
     assert doc["contenders"] == expected
     sizes = [2, 5]
-    if len(expected) == 2:
-        check_runs(doc, expected, sizes, 200)
+    check_runs(doc, expected, sizes, 200)
+    if "greenpool" in expected:
         check_ratios(doc, sizes, with_blocking=False)
+        check_mux(doc, proc.stdout, sizes)
     check_environment(doc, "tarantool")
     assert doc["scenario"]["op"] == "replace" and doc["scenario"]["value_size"] == 1500
     assert doc["single_greenlet"] is None and doc["memory"] is None
@@ -204,7 +238,10 @@ def test_defaults_are_the_documented_scenario() -> None:
     assert args.extras and args.url is None
     tune = parse_args(["tune"])
     assert tune.max_connections == [1, 2, 5, 10, 20, 50, 100] and tune.pools == ["greenpool"]
-    assert parse_args(["tarantool"]).value_size == 1500
+    tarantool = parse_args(["tarantool"])
+    assert tarantool.value_size == 1500 and tarantool.mux_connections == 1
+    assert tarantool.pools == ["greenpool", "mux", "ceiling"]
+    assert parse_args(["tarantool", "--mux-connections", "3"]).mux_connections == 3
 
 
 @pytest.mark.parametrize(
@@ -217,6 +254,8 @@ def test_defaults_are_the_documented_scenario() -> None:
         (["--max-connections", "1,x"], ["--max-connections", "x"]),
         (["--pools", "greenpool,nope"], ["--pools", "nope"]),
         (["tarantool", "--pools", "redis-blocking"], ["--pools", "redis-blocking"]),
+        (["tarantool", "--mux-connections", "0"], ["--mux-connections"]),
+        (["--pools", "mux"], ["--pools", "mux"]),
         (["--duration", "0"], ["--duration"]),
         (["--timeout", "-1"], ["--timeout"]),
         (["--url", "http://127.0.0.1:1"], ["--url"]),
