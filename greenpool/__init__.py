@@ -1,8 +1,8 @@
 """greenpool: fair, interruption-safe connection pools for gevent.
 
-``Pool`` (the generic core) and the errors import with gevent alone; ``GeventPool`` (redis-py),
-``TarantoolPool`` (tarantool-python) and ``TarantoolMux`` (one multiplexed Tarantool socket shared by many
-greenlets) are imported on first access, so their clients are only needed by those who use them.
+``Pool`` (the generic core) and the errors import with gevent alone; ``GeventPool`` and ``RedisMuxPool``
+(redis-py), ``TarantoolPool`` and ``TarantoolMux`` (tarantool-python) are imported on first access, so their
+clients are only needed by those who use them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from greenpool.pool import Pool, PooledConnection
 
 if TYPE_CHECKING:
     from greenpool.redis import GeventPool
+    from greenpool.redis_mux import RedisMuxPool
     from greenpool.tarantool import TarantoolPool
     from greenpool.tarantool_mux import TarantoolMux
 
@@ -26,6 +27,7 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "PooledConnection",
+    "RedisMuxPool",
     "TarantoolMux",
     "TarantoolPool",
     "TooManyWaiting",
@@ -35,6 +37,7 @@ __all__ = [
 
 _LAZY = {
     "GeventPool": "greenpool.redis",
+    "RedisMuxPool": "greenpool.redis_mux",
     "TarantoolPool": "greenpool.tarantool",
     "TarantoolMux": "greenpool.tarantool_mux",
 }

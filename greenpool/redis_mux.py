@@ -1,0 +1,793 @@
+"""``greenpool.RedisMuxPool``: many greenlets share one auto-pipelined Redis socket.
+
+``redis.Redis(connection_pool=RedisMuxPool(host=..., port=..., max_connections=10, timeout=1))`` works
+unchanged. :meth:`RedisMuxPool.get_connection` hands out a lightweight per-checkout proxy. Plain commands and
+non-transactional pipelines sent through it are queued on one shared socket (or ``connections=N`` sockets):
+everything queued during one turn of the gevent loop goes out in one ``send``; a read watcher (a callback in
+the hub, not a greenlet) reads what arrived, parses the replies with one ``hiredis.Reader`` and, since Redis
+answers in order, hands each reply to the oldest reply slot of that socket, switching straight to the
+greenlet parked on it. No per-request Event, AsyncResult or timer.
+
+Commands that hold per-connection state (MULTI/EXEC, WATCH, pub/sub, blocking commands, SELECT, CLIENT,
+MONITOR, AUTH, HELLO, ...) and anything that touches the connection's socket or parser make the checkout
+take a dedicated connection from the fair :class:`greenpool.GeventPool` this class extends; the checkout
+keeps it until :meth:`RedisMuxPool.release`.
+
+Depends on redis-py (>= 8.0), hiredis, gevent, ``greenpool.redis`` and ``greenpool._green``.
+"""
+
+from __future__ import annotations
+
+import socket as _socket_module
+from collections import deque
+from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+
+from gevent.event import Event
+from gevent.monkey import get_original
+from redis.connection import SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from greenpool import _green
+from greenpool._validate import check_int
+from greenpool.redis import GeventPool
+
+try:
+    import hiredis
+    from redis._parsers.base import BaseParser
+
+    _PushNotification: Any = getattr(hiredis, "PushNotification", None)
+except ImportError:  # pragma: no cover - depends on the environment
+    hiredis = None  # type: ignore[assignment]
+    _PushNotification = None
+
+__all__ = ["RedisMuxPool"]
+
+# The stdlib socket class even when ``socket`` is monkey-patched: the hub's watchers drive it directly.
+_RawSocket: Any = get_original("socket", "socket")
+
+_READ_SIZE = 256 * 1024
+_NOT_ENOUGH_DATA: Any = object()
+
+#: Commands that need a connection of their own: they change or depend on per-connection state, or block.
+DEDICATED_COMMANDS: FrozenSet[str] = frozenset(
+    {
+        "AUTH",
+        "BLMOVE",
+        "BLMPOP",
+        "BLPOP",
+        "BRPOP",
+        "BRPOPLPUSH",
+        "BZMPOP",
+        "BZPOPMAX",
+        "BZPOPMIN",
+        "CLIENT",
+        "DISCARD",
+        "EXEC",
+        "HELLO",
+        "HIMPORT",
+        "MONITOR",
+        "MULTI",
+        "PSUBSCRIBE",
+        "PSYNC",
+        "PUNSUBSCRIBE",
+        "QUIT",
+        "READONLY",
+        "READWRITE",
+        "RESET",
+        "SELECT",
+        "SSUBSCRIBE",
+        "SUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "SYNC",
+        "UNSUBSCRIBE",
+        "UNWATCH",
+        "WAIT",
+        "WAITAOF",
+        "WATCH",
+    }
+)
+_BLOCK_OPTION_COMMANDS = frozenset({"XREAD", "XREADGROUP"})
+
+#: Proxy attributes read from a never-connected template connection (configuration, no state).
+_TEMPLATE_ATTRS = frozenset(
+    {
+        "client_name",
+        "credential_provider",
+        "db",
+        "encoder",
+        "get_protocol",
+        "health_check_interval",
+        "host",
+        "lib_name",
+        "lib_version",
+        "password",
+        "path",
+        "port",
+        "protocol",
+        "retry",
+        "retry_on_error",
+        "retry_on_timeout",
+        "socket_connect_timeout",
+        "socket_timeout",
+        "username",
+    }
+)
+
+# Slot states.
+_WAIT, _READY, _GONE = 0, 1, 2
+# Socket states.
+_DOWN, _CONNECTING, _UP = 0, 1, 2
+
+
+class _Slot:
+    """The reply of one command: the greenlet parked on it (if any), the reply once it came."""
+
+    __slots__ = ("glet", "state", "t", "value")
+
+    def __init__(self, t: float) -> None:
+        self.glet: Any = None
+        self.state = _WAIT
+        self.value: Any = None
+        self.t = t
+
+
+class _Counters:
+    """Totals shared by the sockets of one pool (kept apart so the hub's watchers never keep the pool alive)."""
+
+    __slots__ = (
+        "dedicated",
+        "deferred",
+        "dropped",
+        "failed",
+        "in_flight",
+        "max_in_flight",
+        "replies",
+        "requests",
+        "timeouts",
+    )
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        # Commands waiting for in-flight room, first come first served: (socket, data, slots).
+        self.deferred: Deque[Tuple[_MuxSocket, List[Any], List[_Slot]]] = deque()
+        self.requests = self.replies = self.dropped = self.failed = self.timeouts = self.dedicated = 0
+
+    def drain(self) -> None:
+        """Send the oldest deferred commands while there is room (in the hub or a greenlet; never blocks)."""
+        deferred = self.deferred
+        while deferred:
+            sock, data, slots = deferred[0]
+            n = len(slots)
+            if self.in_flight and self.in_flight + n > self.max_in_flight:
+                return
+            deferred.popleft()
+            if all(slot.state != _WAIT for slot in slots):
+                continue  # every greenlet gave up before it was sent
+            if sock.state != _UP:
+                _fail(self, slots, RedisConnectionError, "Connection lost before the command was sent.")
+                continue
+            self.in_flight += n
+            sock.fifo.extend(slots)
+            sock.queue(data)
+
+
+def _switch(glet: Any, value: Any) -> None:
+    try:
+        glet.switch(value)
+    except BaseException:  # pragma: no cover - only a raw greenlet whose parent is the hub gets here
+        pass
+
+
+def _resume(slot: _Slot, glet: Any) -> None:
+    """Hub callback: resume ``glet`` if it still waits on ``slot``."""
+    if slot.glet is glet:
+        _switch(glet, slot.value)
+
+
+def _fail(counters: _Counters, slots: Sequence[_Slot], error: Any, message: str) -> None:
+    """Fail the still-waiting ``slots`` with ``error(message)``, resuming their greenlets (directly in the
+    hub; from a greenlet, through hub callbacks, so that the caller keeps running)."""
+    failed = []
+    for slot in slots:
+        if slot.state == _WAIT:
+            slot.state = _READY
+            slot.value = error(message)
+            counters.failed += 1
+            if slot.glet is not None:
+                failed.append(slot)
+    if not failed:
+        return
+    hub = _green.get_hub()
+    if _green.getcurrent() is hub:
+        for slot in failed:
+            _switch(slot.glet, slot.value)
+    else:
+        for slot in failed:
+            hub.loop.run_callback(_resume, slot, slot.glet)
+
+
+class _MuxSocket:
+    """One shared socket: the FIFO of reply slots of the commands sent on it, the output of this loop turn."""
+
+    __slots__ = (
+        "connect_done",
+        "connects",
+        "counters",
+        "fifo",
+        "flush_pending",
+        "generation",
+        "loop",
+        "out",
+        "read_watcher",
+        "reader",
+        "reads",
+        "sock",
+        "state",
+        "view",
+        "write_watcher",
+        "writes",
+        "wview",
+    )
+
+    def __init__(self, counters: _Counters) -> None:
+        self.counters = counters
+        self.state = _DOWN
+        self.sock: Any = None
+        self.loop: Any = None
+        self.reader: Any = None
+        self.fifo: Deque[_Slot] = deque()
+        self.out: List[Any] = []
+        self.wview: Optional[memoryview] = None
+        self.flush_pending = False
+        self.read_watcher: Any = None
+        self.write_watcher: Any = None
+        self.connect_done: Optional[Event] = None
+        self.view = memoryview(bytearray(_READ_SIZE))
+        self.generation = _green.fork_generation()
+        self.connects = self.reads = self.writes = 0
+
+    def attach(self, sock: Any, loop: Any, reader: Any) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.reader = reader
+        self.wview = None
+        self.read_watcher = loop.io(sock.fileno(), 1)
+        self.write_watcher = loop.io(sock.fileno(), 2)
+        self.read_watcher.start(self.on_readable)
+        self.state = _UP
+        self.connects += 1
+
+    def detach(self) -> Deque[_Slot]:
+        """Stop the watchers, close the socket; return the slots that were in flight on it."""
+        for watcher in (self.read_watcher, self.write_watcher):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self.read_watcher = self.write_watcher = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
+        self.state = _DOWN
+        self.wview = None
+        self.out = []
+        self.flush_pending = False
+        self.reader = None
+        fifo, self.fifo = self.fifo, deque()
+        return fifo
+
+    def lost(self, message: str) -> None:
+        """The socket broke or was closed: fail every command in flight on it (never blocks)."""
+        counters = self.counters
+        fifo = self.detach()
+        counters.in_flight -= len(fifo)
+        _fail(counters, fifo, RedisConnectionError, message)
+        counters.drain()
+
+    # -------------------------------------------------------------- output
+
+    def queue(self, data: List[Any]) -> None:
+        self.out.extend(data)
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.run_callback(self.flush)
+
+    def flush(self) -> None:
+        self.flush_pending = False
+        out = self.out
+        if not out or self.wview is not None or self.sock is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.lost(f"Error while writing to socket: {exc}")
+            return
+        self.writes += 1
+        if sent < len(data):
+            self.wview = memoryview(data)[sent:]
+            self.write_watcher.start(self.on_writable)
+
+    def on_writable(self) -> None:
+        if self.generation != _green.fork_generation():
+            self.write_watcher.stop()
+            return
+        while True:
+            view = self.wview
+            if view is None:
+                if not self.out:
+                    self.write_watcher.stop()
+                    return
+                view = memoryview(b"".join(self.out))
+                self.out.clear()
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                self.wview = view
+                return
+            except OSError as exc:
+                self.lost(f"Error while writing to socket: {exc}")
+                return
+            self.writes += 1
+            self.wview = view[sent:] if sent < len(view) else None
+            if self.wview is not None:
+                return
+
+    # -------------------------------------------------------------- input
+
+    def on_readable(self) -> None:
+        """Read watcher callback (in the hub): read, parse, hand each reply to its slot, then flush."""
+        if self.generation != _green.fork_generation():
+            self.read_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
+            return
+        view = self.view
+        try:
+            nbytes = self.sock.recv_into(view)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.lost(f"Error while reading from socket: {exc}")
+            return
+        if not nbytes:
+            self.lost("Connection closed by server.")
+            return
+        self.reads += 1
+        reader = self.reader
+        reader.feed(view, 0, nbytes)
+        fifo = self.fifo
+        counters = self.counters
+        self.flush_pending = True  # commands sent by the greenlets resumed below go out in one send
+        gets = reader.gets
+        processed = 0
+        while True:
+            try:
+                reply = gets(False)
+            except InvalidResponse as exc:
+                self.lost(f"Protocol error: {exc}")
+                return
+            if reply is _NOT_ENOUGH_DATA:
+                break
+            if _PushNotification is not None and isinstance(reply, _PushNotification):
+                continue  # an out-of-band RESP3 push: not a reply to anything
+            if not fifo:
+                self.lost("Protocol error: a reply came that no command asked for.")
+                return
+            slot = fifo.popleft()
+            counters.in_flight -= 1
+            counters.replies += 1
+            if slot.state != _WAIT:
+                counters.dropped += 1  # its greenlet gave up, or it timed out: drop the late reply
+                continue
+            slot.state = _READY
+            slot.value = reply
+            glet = slot.glet
+            if glet is not None:
+                try:
+                    glet.switch(reply)
+                except BaseException:  # pragma: no cover - see _switch
+                    pass
+                if self.fifo is not fifo:  # closed or lost meanwhile
+                    return
+            processed += 1
+            if not processed & 255:
+                # Keep the server busy while the rest of a large batch is handed out.
+                if counters.deferred:
+                    counters.drain()
+                if self.out:
+                    self.flush()
+                    if self.fifo is not fifo:
+                        return
+                    self.flush_pending = True
+        if counters.deferred:
+            counters.drain()
+        self.flush_pending = False
+        if self.out:
+            self.flush()
+
+
+class _MuxConnection:
+    """What :meth:`RedisMuxPool.get_connection` returns: one checkout's view of the multiplexer.
+
+    Plain commands are queued on a shared socket; the first command that needs per-connection state (or any
+    use of the socket, the parser or connect callbacks) takes a dedicated connection, kept until release.
+    """
+
+    __slots__ = ("__weakref__", "_dedicated", "_mux", "_packed", "_slots")
+
+    def __init__(self, mux: RedisMuxPool) -> None:
+        self._mux = mux
+        self._slots: Deque[_Slot] = deque()
+        self._dedicated: Any = None
+        self._packed: Optional[List[Any]] = None
+
+    # -------------------------------------------------------------- routing
+
+    def _dedicate(self) -> Any:
+        connection = self._dedicated
+        if connection is None:
+            connection = self._dedicated = self._mux._get_dedicated()
+        return connection
+
+    @property
+    def dedicated(self) -> bool:
+        """Whether this checkout holds a dedicated connection (until it is released)."""
+        return self._dedicated is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _TEMPLATE_ATTRS:
+            return getattr(self._mux._template, name)
+        return getattr(self._dedicate(), name)
+
+    # -------------------------------------------------------------- the redis-py Connection interface
+
+    def pack_command(self, *args: Any) -> Any:
+        return self._mux._template.pack_command(*args)
+
+    def pack_commands(self, commands: Any) -> Any:
+        commands = list(commands)
+        self._packed = [args[0] for args in commands]
+        return self._mux._template.pack_commands(commands)
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        """Queue one command (a dedicated connection sends it at once). Blocks only to connect."""
+        connection = self._dedicated
+        if connection is None and self._needs_dedicated(args[0], args):
+            connection = self._dedicate()
+        if connection is not None:
+            connection.send_command(*args, **kwargs)
+            return
+        self._mux._submit(self, self._mux._template.pack_command(*args), 1)
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """Queue commands packed by :meth:`pack_commands`; anything else goes to a dedicated connection."""
+        names, self._packed = self._packed, None
+        connection = self._dedicated
+        if connection is None and (names is None or any(self._needs_dedicated(name, ()) for name in names)):
+            connection = self._dedicate()
+        if connection is not None:
+            connection.send_packed_command(command, check_health)
+            return
+        assert names is not None
+        data = [command] if isinstance(command, (bytes, bytearray, memoryview, str)) else list(command)
+        self._mux._submit(self, data, len(names))
+
+    def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
+        """Return the reply of the oldest unread command; park this greenlet until it arrives.
+
+        Raises ``redis.exceptions.ConnectionError`` when the socket broke or the pool disconnected,
+        ``redis.exceptions.TimeoutError`` after ``socket_timeout`` without a reply, the server's error.
+        An interrupted caller (``gevent.Timeout``, kill) gives up the reply: it is read and dropped later.
+        """
+        slots = self._slots
+        if not slots:
+            return self._dedicate().read_response(disable_decoding=disable_decoding, **kwargs)
+        slot = slots.popleft()
+        if slot.state != _READY:
+            slot.glet = _green.getcurrent()
+            switch = self._mux._hub.switch
+            try:
+                switch()
+                while slot.state != _READY:  # resumed by something other than this reply: park again
+                    switch()
+            except BaseException:
+                if slot.state == _WAIT:
+                    slot.state = _GONE
+                slot.glet = None
+                raise
+            slot.glet = None
+        value = slot.value
+        if isinstance(value, Exception):
+            raise value
+        if self._mux._decode and not disable_decoding:
+            return _decode(value, self._mux._encoding, self._mux._encoding_errors)
+        return value
+
+    def disconnect(self, *args: Any) -> None:
+        """Disconnect the dedicated connection, if any; the shared socket manages itself."""
+        if self._dedicated is not None:
+            self._dedicated.disconnect(*args)
+
+    def connect(self) -> None:
+        if self._dedicated is not None:
+            self._dedicated.connect()
+
+    def check_health(self) -> None:
+        if self._dedicated is not None:
+            self._dedicated.check_health()
+
+    def should_reconnect(self) -> bool:
+        return self._dedicated is not None and bool(self._dedicated.should_reconnect())
+
+    @property
+    def himport_registry(self) -> Any:
+        # Pipelines look for HIMPORT fieldsets to prepare on the connection: none on a shared socket.
+        return None if self._dedicated is None else self._dedicated.himport_registry
+
+    @property
+    def is_connected(self) -> bool:
+        return self._dedicated is None or bool(self._dedicated.is_connected)
+
+    def _needs_dedicated(self, name: Any, args: Sequence[Any]) -> bool:
+        mux = self._mux
+        if not mux._enabled:
+            return True
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        word = str(name).split(" ", 1)[0].upper()
+        if word in DEDICATED_COMMANDS:
+            return True
+        if word in _BLOCK_OPTION_COMMANDS:
+            return (
+                True
+                if not args
+                else any(isinstance(a, (str, bytes)) and a.upper() in ("BLOCK", b"BLOCK") for a in args)
+            )
+        return False
+
+    def _abandon(self) -> None:
+        for slot in self._slots:
+            if slot.state == _WAIT:
+                slot.state = _GONE
+            slot.glet = None
+        self._slots.clear()
+
+    def __repr__(self) -> str:
+        where = "dedicated" if self._dedicated is not None else "shared"
+        return f"<{type(self).__name__} {where} of {self._mux._core_settings['name']!r}>"
+
+
+def _decode(value: Any, encoding: str, errors: str) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(encoding, errors)
+    if isinstance(value, list):
+        return [_decode(item, encoding, errors) for item in value]
+    if isinstance(value, dict):
+        return {_decode(k, encoding, errors): _decode(v, encoding, errors) for k, v in value.items()}
+    if isinstance(value, set):
+        return {_decode(item, encoding, errors) for item in value}
+    return value
+
+
+class RedisMuxPool(GeventPool):
+    """A :class:`greenpool.GeventPool` whose plain commands share auto-pipelined sockets.
+
+    Takes every argument of :class:`greenpool.GeventPool` (which it is: dedicated connections come from its
+    fair pool, ``max_connections`` and ``timeout`` bound them) plus:
+
+    - ``connections`` (default 1): shared sockets; checkouts are spread over them round robin.
+    - ``max_in_flight`` (default 1024): commands sent on the shared sockets and not answered yet (a
+      command given up by its greenlet counts until its reply is read). Beyond it, commands wait, first
+      come first served, parked in :meth:`_MuxConnection.read_response` until replies free room; a
+      pipeline larger than the limit is sent alone when nothing is in flight.
+
+    ``socket_timeout`` (a connection argument) bounds each command's wait for its reply, checked by a
+    periodic timer (up to a fifth of it, at most 0.5 s, late, never early): the command alone fails with
+    ``redis.exceptions.TimeoutError`` and its late reply is dropped. When a shared socket breaks, every
+    command in flight on it fails with ``redis.exceptions.ConnectionError`` (redis-py's client may retry
+    it, per its ``retry`` setting) and the next command reconnects. The shared sockets connect through
+    redis-py's own ``Connection.connect()`` (AUTH, HELLO, SELECT db, client name), so ``db`` is honoured.
+
+    Without hiredis, or with TLS (``SSLConnection``), every checkout takes a dedicated connection, as with
+    :class:`greenpool.GeventPool`. After ``os.fork()`` the child opens its own sockets on first use and
+    never touches the parent's.
+    """
+
+    def __init__(self, *args: Any, connections: int = 1, max_in_flight: int = 1024, **kwargs: Any) -> None:
+        self._mux_sockets_count = check_int("connections", connections, minimum=1)
+        self._max_in_flight = check_int("max_in_flight", max_in_flight, minimum=1)
+        self._mux_ready = False
+        super().__init__(*args, **kwargs)
+        template = self.make_connection()
+        self._template = template
+        encoder = template.encoder
+        self._decode = bool(encoder.decode_responses)
+        self._encoding = encoder.encoding
+        self._encoding_errors = encoder.encoding_errors
+        self._enabled = hiredis is not None and not isinstance(template, SSLConnection)
+        self._socket_timeout: Optional[float] = self.connection_kwargs.get("socket_timeout")
+        self._mux_ready = True
+        self._mux_setup()
+
+    def _mux_setup(self) -> None:
+        self._generation = _green.fork_generation()
+        self._counters = _Counters(self._max_in_flight)
+        self._sockets = [_MuxSocket(self._counters) for _ in range(self._mux_sockets_count)]
+        self._rr = 0
+        self._hub: Any = None
+        self._timer: Any = None
+
+    def _mux_after_fork(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        for sock in self._sockets:
+            sock.detach()  # closes the child's copy of the descriptor only
+        self._mux_setup()
+
+    # -------------------------------------------------------------- checkout
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        """Return a checkout proxy at once (never blocks); a dedicated connection is taken on demand.
+
+        Taking one blocks as :meth:`greenpool.GeventPool.get_connection` does, up to ``timeout``, and raises
+        what it raises (``RedisPoolTimeout``...), from the command that needed it.
+        """
+        return _MuxConnection(self)
+
+    def release(self, connection: Any) -> None:
+        """End a checkout: its unread replies are dropped when they come, its dedicated connection (if any)
+        goes back to the fair pool (closed if the holder was interrupted). Never blocks."""
+        if not isinstance(connection, _MuxConnection):
+            super().release(connection)
+            return
+        connection._abandon()
+        dedicated, connection._dedicated = connection._dedicated, None
+        if dedicated is not None:
+            super().release(dedicated)
+
+    def _get_dedicated(self) -> Any:
+        self._counters.dedicated += 1
+        return super().get_connection()
+
+    # -------------------------------------------------------------- the shared sockets
+
+    def _submit(self, proxy: _MuxConnection, data: List[Any], n: int) -> None:
+        if self._generation != _green.fork_generation():
+            self._mux_after_fork()
+        if self._hub is None:
+            self._bind()
+        sockets = self._sockets
+        if len(sockets) == 1:
+            sock = sockets[0]
+        else:
+            self._rr += 1
+            sock = sockets[self._rr % len(sockets)]
+        if sock.state != _UP:
+            self._connect(sock)
+        counters = self._counters
+        counters.requests += n
+        t = _green.monotonic() if self._socket_timeout is not None else 0.0
+        slots = [_Slot(t) for _ in range(n)] if n != 1 else [_Slot(t)]
+        proxy._slots.extend(slots)
+        in_flight = counters.in_flight
+        if not counters.deferred and (not in_flight or in_flight + n <= counters.max_in_flight):
+            counters.in_flight = in_flight + n
+            sock.fifo.extend(slots)
+            sock.queue(data)
+        else:
+            counters.deferred.append((sock, data, slots))
+
+    def _bind(self) -> None:
+        self._hub = _green.get_hub()
+        timeout = self._socket_timeout
+        if timeout:
+            tick = min(max(timeout / 5.0, 0.005), 0.5)
+            self._timer = self._hub.loop.timer(tick, tick, ref=False)
+            self._timer.start(_sweep, self._counters, self._sockets, timeout)
+
+    def _connect(self, sock: _MuxSocket) -> None:
+        """Bring ``sock`` up (or wait for the greenlet doing so); raise what connecting raises."""
+        while sock.state != _UP:
+            done = sock.connect_done
+            if done is not None:
+                done.wait()
+                if sock.state != _UP:
+                    raise RedisConnectionError("Error connecting the shared socket (another command's attempt failed).")
+                return
+            done = sock.connect_done = Event()
+            sock.state = _CONNECTING
+            try:
+                connection = self.make_connection()
+                try:
+                    connection.connect()
+                    gsock = connection._sock
+                    family = gsock.family
+                    fd = gsock.detach()
+                    connection._sock = None
+                finally:
+                    connection.disconnect()
+                raw = _RawSocket(family, _socket_module.SOCK_STREAM, 0, fileno=fd)
+                raw.setblocking(False)
+                reader = hiredis.Reader(
+                    protocolError=InvalidResponse,
+                    replyError=BaseParser.parse_error,
+                    notEnoughData=_NOT_ENOUGH_DATA,
+                )
+                sock.attach(raw, self._hub.loop, reader)
+            except BaseException:
+                sock.state = _DOWN
+                raise
+            finally:
+                sock.connect_done = None
+                done.set()
+
+    # -------------------------------------------------------------- redis-py pool API
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close the shared sockets, failing their pending commands with ``ConnectionError`` (the next
+        command reconnects), and disconnect dedicated connections as :class:`GeventPool` does. Never blocks."""
+        if getattr(self, "_mux_ready", False) and self._generation == _green.fork_generation():
+            for sock in self._sockets:
+                if sock.state == _UP:
+                    sock.lost("Connection closed by the pool (disconnect).")
+        super().disconnect(inuse_connections)
+
+    def close(self) -> None:
+        """Close the shared sockets (pending commands fail with ``ConnectionError``) and the idle dedicated
+        connections; the pool stays usable, as redis-py's pools do. Never blocks."""
+        self.disconnect(inuse_connections=False)
+
+    def get_stats(self) -> Dict[str, Union[int, float, str]]:
+        """The fair pool's statistics (dedicated connections) plus the shared sockets' counters:
+        ``mux_sockets_up``, ``mux_in_flight``, ``mux_deferred``, ``mux_requests``, ``mux_replies``,
+        ``mux_dropped``, ``mux_failed``, ``mux_timeouts``, ``mux_dedicated_checkouts``, ``mux_connects``,
+        ``mux_reads``, ``mux_writes``. Never blocks."""
+        stats = super().get_stats()
+        counters = self._counters
+        sockets = self._sockets
+        stats.update(
+            {
+                "mux_sockets_up": sum(1 for sock in sockets if sock.state == _UP),
+                "mux_in_flight": counters.in_flight,
+                "mux_deferred": sum(len(slots) for _, _, slots in counters.deferred),
+                "mux_requests": counters.requests,
+                "mux_replies": counters.replies,
+                "mux_dropped": counters.dropped,
+                "mux_failed": counters.failed,
+                "mux_timeouts": counters.timeouts,
+                "mux_dedicated_checkouts": counters.dedicated,
+                "mux_connects": sum(sock.connects for sock in sockets),
+                "mux_reads": sum(sock.reads for sock in sockets),
+                "mux_writes": sum(sock.writes for sock in sockets),
+            }
+        )
+        return stats
+
+
+def _sweep(counters: _Counters, sockets: List[_MuxSocket], timeout: float) -> None:
+    """Periodic timer callback (in the hub): fail the commands that waited ``timeout`` for their reply."""
+    deadline = _green.monotonic() - timeout
+    expired: List[_Slot] = []
+    for sock in sockets:
+        if sock.generation != _green.fork_generation():
+            return
+        for slot in sock.fifo:
+            if slot.t > deadline:
+                break
+            if slot.state == _WAIT:
+                expired.append(slot)
+    for _, _, slots in counters.deferred:
+        if slots[0].t > deadline:
+            break
+        expired.extend(slot for slot in slots if slot.state == _WAIT)
+    if expired:
+        counters.timeouts += len(expired)
+        counters.failed -= len(expired)
+        _fail(counters, expired, RedisTimeoutError, "Timeout reading from socket")
