@@ -204,7 +204,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     redis_cmd.add_argument(
         "--pools",
         type=_pool_list(REDIS_CONTENDERS),
-        default=list(REDIS_CONTENDERS),
+        default=[name for name, contender in REDIS_CONTENDERS.items() if contender.default],
         metavar="NAME[,NAME...]",
         help="contenders: " + "; ".join(f"{c.name}: {c.help}" for c in REDIS_CONTENDERS.values()),
     )
@@ -430,8 +430,8 @@ def _scenario(args: argparse.Namespace, contenders: List[Contender], where: str)
         "pools": [c.name for c in contenders],
         "where": where,
     }
-    if any(c.name == "mux" for c in contenders):
-        scenario["mux_connections"] = args.mux_connections
+    if any(c.name == "mux" for c in contenders) and hasattr(args, "mux_connections"):
+        scenario["mux_connections"] = args.mux_connections  # the tarantool mux's sockets
     return scenario
 
 
@@ -479,7 +479,7 @@ def _compare(args: argparse.Namespace) -> int:
             if any(c.name == "greenpool" for c in contenders):
                 memory = memory_per_waiter(server["url"], max(args.greenlets, MIN_MEMORY_WAITERS))
     blocks = [report.format_table(runs)]
-    if any(c.name == "mux" for c in contenders):
+    if any(c.name == "mux" for c in contenders) and args.kind == "tarantool":
         sockets = f"{args.mux_connections} socket{'s' if args.mux_connections > 1 else ''}"
         blocks[0] += (
             f"\nmux: one TarantoolMux ({sockets}) at every size; no checkout, so no wait figures (-); "

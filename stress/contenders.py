@@ -10,7 +10,9 @@ turns a target, a ``max_connections`` and a greenlet count into a :class:`stress
   ``queue.LifoQueue`` / with ``gevent.queue.LifoQueue``;
 - ``ceiling``: ``max_connections`` greenlets, each with a dedicated connection behind a "pool" that does
   nothing: what a zero-cost pool could reach;
-- ``mux`` (Tarantool only): one ``greenpool.TarantoolMux`` (``connections=1`` unless asked otherwise) shared
+- ``mux`` (Redis, only when ``--pools`` names it): ``greenpool.RedisMuxPool``, whose plain commands share one
+  auto-pipelined socket (its checkouts never wait, so its wait figures are near zero);
+- ``mux`` (Tarantool): one ``greenpool.TarantoolMux`` (``connections=1`` unless asked otherwise) shared
   by every greenlet, whatever ``max_connections`` says. It has no checkout, so it records no checkout
   waits (:attr:`Contender.has_checkout` is false); a request that times out (``MuxTimeout``) counts as a
   failed operation, like a failed checkout.
@@ -181,6 +183,8 @@ class Contender:
     help = ""
     #: False for a contender without checkouts (its wait figures are not applicable and are reported as None).
     has_checkout = True
+    #: False for a contender that runs only when ``--pools`` names it.
+    default = True
 
     def unavailable(self) -> Optional[str]:
         """Why this contender cannot run here (``None`` when it can)."""
@@ -254,6 +258,25 @@ class GreenpoolRedis(_RedisPoolContender):
         from greenpool.redis import GeventPool
 
         return GeventPool(
+            max_connections=max_connections,
+            timeout=timeout,
+            connection_class=connection_class,
+            **target.connection_kwargs,
+        )
+
+
+class GreenpoolRedisMux(_RedisPoolContender):
+    name = "mux"
+    help = "greenpool.RedisMuxPool, one auto-pipelined socket shared by every greenlet (only when named)"
+    default = False
+
+    def unavailable(self) -> Optional[str]:
+        return _import_error("greenpool.redis_mux", "RedisMuxPool")
+
+    def make_pool(self, target: RedisTarget, connection_class: Any, max_connections: int, timeout: float) -> Any:
+        from greenpool.redis_mux import RedisMuxPool
+
+        return RedisMuxPool(
             max_connections=max_connections,
             timeout=timeout,
             connection_class=connection_class,
@@ -460,7 +483,7 @@ class MuxTarantool(Contender):
 
 
 REDIS_CONTENDERS: Dict[str, Contender] = {
-    c.name: c for c in (GreenpoolRedis(), RedisBlocking(), RedisBlockingGevent(), RedisCeiling())
+    c.name: c for c in (GreenpoolRedis(), RedisBlocking(), RedisBlockingGevent(), RedisCeiling(), GreenpoolRedisMux())
 }
 TARANTOOL_CONTENDERS: Dict[str, Contender] = {
     c.name: c for c in (GreenpoolTarantool(), MuxTarantool(), TarantoolCeiling())

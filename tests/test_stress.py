@@ -244,6 +244,17 @@ def test_defaults_are_the_documented_scenario() -> None:
     assert parse_args(["tarantool", "--mux-connections", "3"]).mux_connections == 3
 
 
+def test_redis_mux_contender_runs_when_named(redis_server: Any, tmp_path: Path) -> None:
+    url = f"redis://{redis_server.host}:{redis_server.port}/0"
+    args = ("redis", "--url", url, "--greenlets", "200", "--max-connections", "2", "--duration", "1")
+    _, doc = run_json(tmp_path, *args, "--pools", "greenpool,mux", "--no-extras")
+    by_name = {run["contender"]: run for run in doc["runs"]}
+    assert set(by_name) == {"greenpool", "mux"}
+    mux = by_name["mux"]
+    assert mux["ok"] > 0 and mux["success_pct"] == 100.0
+    assert mux["vs_greenpool"] == pytest.approx(mux["ok_per_s"] / by_name["greenpool"]["ok_per_s"], abs=1e-3)
+
+
 @pytest.mark.parametrize(
     ("argv", "names"),
     [
@@ -255,7 +266,6 @@ def test_defaults_are_the_documented_scenario() -> None:
         (["--pools", "greenpool,nope"], ["--pools", "nope"]),
         (["tarantool", "--pools", "redis-blocking"], ["--pools", "redis-blocking"]),
         (["tarantool", "--mux-connections", "0"], ["--mux-connections"]),
-        (["--pools", "mux"], ["--pools", "mux"]),
         (["--duration", "0"], ["--duration"]),
         (["--timeout", "-1"], ["--timeout"]),
         (["--url", "http://127.0.0.1:1"], ["--url"]),
