@@ -30,6 +30,7 @@ from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from greenpool import _green
+from greenpool._mux import MuxWriter
 from greenpool._validate import check_int
 from greenpool.redis import GeventPool
 
@@ -209,7 +210,7 @@ def _fail(counters: _Counters, slots: Sequence[_Slot], error: Any, message: str)
             hub.loop.run_callback(_resume, slot, slot.glet)
 
 
-class _MuxSocket:
+class _MuxSocket(MuxWriter):
     """One shared socket: the FIFO of reply slots of the commands sent on it, the output of this loop turn."""
 
     __slots__ = (
@@ -217,19 +218,11 @@ class _MuxSocket:
         "connects",
         "counters",
         "fifo",
-        "flush_pending",
-        "generation",
-        "loop",
-        "out",
         "read_watcher",
         "reader",
         "reads",
-        "sock",
         "state",
         "view",
-        "write_watcher",
-        "writes",
-        "wview",
     )
 
     def __init__(self, counters: _Counters) -> None:
@@ -247,7 +240,7 @@ class _MuxSocket:
         self.connect_done: Optional[Event] = None
         self.view = memoryview(bytearray(_READ_SIZE))
         self.generation = _green.fork_generation()
-        self.connects = self.reads = self.writes = 0
+        self.connects = self.reads = self.writes = self.bytes_out = 0
 
     def attach(self, sock: Any, loop: Any, reader: Any) -> None:
         self.sock = sock
@@ -293,53 +286,10 @@ class _MuxSocket:
 
     def queue(self, data: List[Any]) -> None:
         self.out.extend(data)
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.run_callback(self.flush)
+        self.schedule_flush()
 
-    def flush(self) -> None:
-        self.flush_pending = False
-        out = self.out
-        if not out or self.wview is not None or self.sock is None:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self.lost(f"Error while writing to socket: {exc}")
-            return
-        self.writes += 1
-        if sent < len(data):
-            self.wview = memoryview(data)[sent:]
-            self.write_watcher.start(self.on_writable)
-
-    def on_writable(self) -> None:
-        if self.generation != _green.fork_generation():
-            self.write_watcher.stop()
-            return
-        while True:
-            view = self.wview
-            if view is None:
-                if not self.out:
-                    self.write_watcher.stop()
-                    return
-                view = memoryview(b"".join(self.out))
-                self.out.clear()
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                self.wview = view
-                return
-            except OSError as exc:
-                self.lost(f"Error while writing to socket: {exc}")
-                return
-            self.writes += 1
-            self.wview = view[sent:] if sent < len(view) else None
-            if self.wview is not None:
-                return
+    def send_failed(self, exc: OSError) -> None:
+        self.lost(f"Error while writing to socket: {exc}")
 
     # -------------------------------------------------------------- input
 

@@ -37,6 +37,7 @@ from gevent.monkey import get_original
 from msgpack import OutOfData
 
 from greenpool import _green
+from greenpool._mux import MuxWriter
 from greenpool._validate import check_credentials, check_int, check_name, check_seconds
 from greenpool.errors import PoolClosed, WrongThread
 
@@ -249,36 +250,27 @@ def _switch(glet: Any, value: Any) -> None:
         logger.exception("greenpool: a greenlet resumed by TarantoolMux raised")
 
 
-class _Conn:
+class _Conn(MuxWriter):
     """One socket of a mux: its requests (``sync`` -> the parked greenlet, or None once it gave up), sent
     or queued for a slot; the output waiting for the next send; the reply parser's state."""
 
     __slots__ = (
         "address",
         "bytes_in",
-        "bytes_out",
         "connect_done",
         "connects",
         "end",
         "fed",
-        "flush_pending",
-        "generation",
         "header",
-        "loop",
-        "out",
         "pending",
         "read_watcher",
         "reads",
         "shared",
         "skip",
-        "sock",
         "stage",
         "state",
         "unpacker",
         "view",
-        "write_watcher",
-        "writes",
-        "wview",
     )
 
     def __init__(self, shared: _Shared, address: Any) -> None:
@@ -349,59 +341,10 @@ class _Conn:
         out = self.out
         out.append(header)
         out.append(body)
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.run_callback(self.flush)
+        self.schedule_flush()
 
-    def flush(self) -> None:
-        """Send what the requests queued (a hub callback, or the end of a read); never blocks."""
-        self.flush_pending = False
-        out = self.out
-        if not out or self.wview is not None or self.sock is None:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self.lost(exc.errno or 0, f"send failed: {exc}")
-            return
-        self.writes += 1
-        self.bytes_out += sent
-        if sent < len(data):
-            self.wview = memoryview(data)[sent:]
-            self.write_watcher.start(self.on_writable)
-
-    def on_writable(self) -> None:
-        """Write watcher callback: go on with a send that did not fit into the socket buffer."""
-        if self.generation != _green.fork_generation():
-            self.write_watcher.stop()  # the parent's socket: leave it to the parent
-            return
-        while True:
-            view = self.wview
-            if view is None:
-                out = self.out
-                if not out:
-                    self.write_watcher.stop()
-                    return
-                view = memoryview(b"".join(out))
-                out.clear()
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                self.wview = view
-                return
-            except OSError as exc:
-                self.lost(exc.errno or 0, f"send failed: {exc}")
-                return
-            self.writes += 1
-            self.bytes_out += sent
-            if sent < len(view):
-                self.wview = view[sent:]
-                return
-            self.wview = None
+    def send_failed(self, exc: OSError) -> None:
+        self.lost(exc.errno or 0, f"send failed: {exc}")
 
     # -------------------------------------------------------------- input
 

@@ -1,0 +1,92 @@
+"""The write side shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
+
+:class:`MuxWriter` is the base of a multiplexer's socket class, which sets the attributes annotated below
+and provides :meth:`MuxWriter.send_failed`. Everything queued during one turn of the gevent loop goes out in one
+non-blocking ``send``; what does not fit into the socket buffer goes on when the socket is writable. Depends
+on ``greenpool._green``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from greenpool import _green
+
+__all__ = ["MuxWriter"]
+
+
+class MuxWriter:
+    """Batched, non-blocking output of one multiplexed socket (all of it runs in the hub or never blocks)."""
+
+    # Set by the subclass's __init__ and connect code; annotated here for the type checker.
+    __slots__ = ("bytes_out", "flush_pending", "generation", "loop", "out", "sock", "write_watcher", "writes", "wview")
+
+    sock: Any
+    loop: Any
+    out: List[Any]
+    wview: Optional[memoryview]
+    flush_pending: bool
+    write_watcher: Any
+    generation: int
+    writes: int
+    bytes_out: int
+
+    def send_failed(self, exc: OSError) -> None:
+        """Fail the socket after ``send`` raised ``exc`` (the subclass says how)."""
+        raise NotImplementedError
+
+    def schedule_flush(self) -> None:
+        """Send what is queued at the end of this loop turn (once, however much is queued meanwhile)."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.run_callback(self.flush)
+
+    def flush(self) -> None:
+        """Send what is queued (a hub callback, or the end of a read); never blocks."""
+        self.flush_pending = False
+        out = self.out
+        if not out or self.wview is not None or self.sock is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.send_failed(exc)
+            return
+        self.writes += 1
+        self.bytes_out += sent
+        if sent < len(data):
+            self.wview = memoryview(data)[sent:]
+            self.write_watcher.start(self.on_writable)
+
+    def on_writable(self) -> None:
+        """Write watcher callback: go on with a send that did not fit into the socket buffer."""
+        if self.generation != _green.fork_generation():
+            self.write_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
+            return
+        while True:
+            view = self.wview
+            if view is None:
+                out = self.out
+                if not out:
+                    self.write_watcher.stop()
+                    return
+                view = memoryview(b"".join(out))
+                out.clear()
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                self.wview = view
+                return
+            except OSError as exc:
+                self.send_failed(exc)
+                return
+            self.writes += 1
+            self.bytes_out += sent
+            if sent < len(view):
+                self.wview = view[sent:]
+                return
+            self.wview = None
