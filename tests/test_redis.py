@@ -179,11 +179,9 @@ def test_pubsub(make_pool: Callable[..., GeventPool], prefix: str, parser_class:
     assert r.ping() is True
 
 
-def test_watch_multi_increments_are_never_lost(make_pool: Callable[..., GeventPool], prefix: str) -> None:
-    pool = make_pool(max_connections=10, timeout=10)
-    r = redis.Redis(connection_pool=pool)
-    key = prefix + "counter"
-    r.set(key, 0)
+def watched_increments(client: redis.Redis, key: str, greenlets: int = 50, rounds: int = 10) -> None:
+    """``greenlets`` greenlets each add 1 to ``key`` ``rounds`` times in WATCH/MULTI transactions."""
+    client.set(key, 0)
 
     def increment(pipe: Any) -> None:
         value = int(pipe.get(key))
@@ -191,10 +189,17 @@ def test_watch_multi_increments_are_never_lost(make_pool: Callable[..., GeventPo
         pipe.set(key, value + 1)
 
     def worker() -> None:
-        for _ in range(10):
-            r.transaction(increment, key)
+        for _ in range(rounds):
+            client.transaction(increment, key)
 
-    gevent.joinall([gevent.spawn(worker) for _ in range(50)], raise_error=True, timeout=60)
+    gevent.joinall([gevent.spawn(worker) for _ in range(greenlets)], raise_error=True, timeout=60)
+
+
+def test_watch_multi_increments_are_never_lost(make_pool: Callable[..., GeventPool], prefix: str) -> None:
+    pool = make_pool(max_connections=10, timeout=10)
+    r = redis.Redis(connection_pool=pool)
+    key = prefix + "counter"
+    watched_increments(r, key)
     assert int(r.get(key)) == 500
     assert stats(pool)["in_use"] == 0
     r.delete(key)

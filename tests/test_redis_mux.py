@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from greenpool.redis_mux import RedisMuxPool
 from stress.servers import RedisServer
+from tests.test_redis import watched_increments
 
 
 def make_pool(server: Any, **kwargs: Any) -> RedisMuxPool:
@@ -270,18 +271,7 @@ def test_watch_multi_increments_never_lost(
     client: redis.Redis, pool: RedisMuxPool, prefix: str, hammer: List[int]
 ) -> None:
     key = prefix + "counter"
-    client.set(key, 0)
-
-    def increment(pipe: Any) -> None:
-        value = int(pipe.get(key))
-        pipe.multi()
-        pipe.set(key, value + 1)
-
-    def worker() -> None:
-        for _ in range(10):
-            client.transaction(increment, key)
-
-    gevent.joinall([gevent.spawn(worker) for _ in range(50)], raise_error=True)
+    watched_increments(client, key)
     assert client.get(key) == b"500"
     assert pool.get_stats()["mux_dedicated_checkouts"] >= 500
 
