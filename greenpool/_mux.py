@@ -1,9 +1,11 @@
 """The write side shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
 
 :class:`MuxWriter` is the base of a multiplexer's socket class, which sets the attributes annotated below
-and provides :meth:`MuxWriter.send_failed`. Everything queued during one turn of the gevent loop goes out in one
-non-blocking ``send``; what does not fit into the socket buffer goes on when the socket is writable. Depends
-on ``greenpool._green``.
+and provides :meth:`MuxWriter.send_failed`. A request goes out at once while the server has no more requests to
+work on than wait to be sent (so the server never idles while a batch builds up: at low concurrency each request
+goes at once); under load, everything queued during one turn of the gevent loop goes out in one non-blocking
+``send``. What does not fit into the socket buffer goes on when the socket is writable. Depends on
+``greenpool._green``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,19 @@ class MuxWriter:
     """Batched, non-blocking output of one multiplexed socket (all of it runs in the hub or never blocks)."""
 
     # Set by the subclass's __init__ and connect code; annotated here for the type checker.
-    __slots__ = ("bytes_out", "flush_pending", "generation", "loop", "out", "sock", "write_watcher", "writes", "wview")
+    __slots__ = (
+        "bytes_out",
+        "flush_pending",
+        "generation",
+        "loop",
+        "out",
+        "sock",
+        "unanswered",
+        "unsent",
+        "write_watcher",
+        "writes",
+        "wview",
+    )
 
     sock: Any
     loop: Any
@@ -30,9 +44,11 @@ class MuxWriter:
     generation: int
     writes: int
     bytes_out: int
+    unsent: int  # requests in ``out``
+    unanswered: int  # requests handed to the socket whose reply has not been parsed yet
 
     def send_failed(self, exc: OSError) -> None:
-        """Fail the socket after ``send`` raised ``exc`` (the subclass says how)."""
+        """Fail the socket after ``send`` raised ``exc`` (the subclass says how); called in the hub."""
         raise NotImplementedError
 
     def schedule_flush(self) -> None:
@@ -41,26 +57,50 @@ class MuxWriter:
             self.flush_pending = True
             self.loop.run_callback(self.flush)
 
+    def pushed(self, n: int = 1) -> None:
+        """Count ``n`` requests just appended to ``out`` and decide when they go: at once while the server has no
+        more requests to work on than wait here (so that it never idles while a batch builds up: at low
+        concurrency each request goes at once, under load the batches double), else with everything else
+        queued during this loop turn."""
+        self.unsent += n
+        if self.unsent >= self.unanswered:
+            self.send()
+        else:
+            self.schedule_flush()
+
     def flush(self) -> None:
         """Send what is queued (a hub callback, or the end of a read); never blocks."""
         self.flush_pending = False
+        self.send()
+
+    def send(self) -> None:
+        """Send what is queued, as much as the socket takes now; the rest when it is writable. Never blocks."""
         out = self.out
         if not out or self.wview is not None or self.sock is None:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self.unanswered += self.unsent
+        self.unsent = 0
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self.send_failed(exc)
+            if _green.getcurrent() is _green.get_hub():
+                self.send_failed(exc)
+            else:  # a greenlet's immediate send: fail the socket from the hub, which resumes the parked greenlets
+                self.loop.run_callback(self._send_failed_later, self.sock, exc)
             return
         self.writes += 1
         self.bytes_out += sent
         if sent < len(data):
             self.wview = memoryview(data)[sent:]
             self.write_watcher.start(self.on_writable)
+
+    def _send_failed_later(self, sock: Any, exc: OSError) -> None:
+        if self.sock is sock:  # not failed (and maybe reconnected) meanwhile
+            self.send_failed(exc)
 
     def on_writable(self) -> None:
         """Write watcher callback: go on with a send that did not fit into the socket buffer."""
@@ -76,6 +116,8 @@ class MuxWriter:
                     return
                 view = memoryview(b"".join(out))
                 out.clear()
+                self.unanswered += self.unsent
+                self.unsent = 0
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:

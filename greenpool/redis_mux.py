@@ -3,6 +3,7 @@
 ``redis.Redis(connection_pool=RedisMuxPool(host=..., port=..., max_connections=10, timeout=1))`` works
 unchanged. :meth:`RedisMuxPool.get_connection` hands out a lightweight per-checkout proxy. Plain commands and
 non-transactional pipelines sent through it are queued on one shared socket (or ``connections=N`` sockets):
+a command goes out at once while the server has less work queued than waits to be sent, and under load
 everything queued during one turn of the gevent loop goes out in one ``send``; a read watcher (a callback in
 the hub, not a greenlet) reads what arrived, parses the replies with one ``hiredis.Reader`` and, since Redis
 answers in order, hands each reply to the oldest reply slot of that socket, switching straight to the
@@ -116,6 +117,11 @@ _TEMPLATE_ATTRS = frozenset(
     }
 )
 
+#: Replies parsed before their greenlets are resumed. Holding many more parsed replies back (hundreds) makes
+#: the collection of the young generation, hence the whole multiplexer, several times slower under thousands
+#: of greenlets (measured: 5000 greenlets PING, 54k/s at 16, 44k/s at 64, 26k/s at 256).
+_RESUME_BATCH = 16
+
 # Slot states.
 _WAIT, _READY, _GONE = 0, 1, 2
 # Socket states.
@@ -172,7 +178,7 @@ class _Counters:
                 continue
             self.in_flight += n
             sock.fifo.extend(slots)
-            sock.queue(data)
+            sock.queue(data, n)
 
 
 def _switch(glet: Any, value: Any) -> None:
@@ -233,6 +239,7 @@ class _MuxSocket(MuxWriter):
         self.reader: Any = None
         self.fifo: Deque[_Slot] = deque()
         self.out: List[Any] = []
+        self.unsent = self.unanswered = 0
         self.wview: Optional[memoryview] = None
         self.flush_pending = False
         self.read_watcher: Any = None
@@ -269,6 +276,7 @@ class _MuxSocket(MuxWriter):
         self.state = _DOWN
         self.wview = None
         self.out = []
+        self.unsent = self.unanswered = 0
         self.flush_pending = False
         self.reader = None
         fifo, self.fifo = self.fifo, deque()
@@ -284,9 +292,10 @@ class _MuxSocket(MuxWriter):
 
     # -------------------------------------------------------------- output
 
-    def queue(self, data: List[Any]) -> None:
+    def queue(self, data: List[Any], n: int) -> None:
+        """Queue ``data``, ``n`` commands whose slots are in the FIFO already."""
         self.out.extend(data)
-        self.schedule_flush()
+        self.pushed(n)
 
     def send_failed(self, exc: OSError) -> None:
         self.lost(f"Error while writing to socket: {exc}")
@@ -314,23 +323,28 @@ class _MuxSocket(MuxWriter):
         reader.feed(view, 0, nbytes)
         fifo = self.fifo
         counters = self.counters
-        self.flush_pending = True  # commands sent by the greenlets resumed below go out in one send
+        # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
+        # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
+        # command at once while the server has less to do than waits here); what they send beyond that goes
+        # out in one send at the end.
+        self.flush_pending = True
+        ready: List[_Slot] = []
         gets = reader.gets
-        processed = 0
         while True:
             try:
                 reply = gets(False)
             except InvalidResponse as exc:
-                self.lost(f"Protocol error: {exc}")
+                self.give_up(f"Protocol error: {exc}", ready)
                 return
             if reply is _NOT_ENOUGH_DATA:
                 break
             if _PushNotification is not None and isinstance(reply, _PushNotification):
                 continue  # an out-of-band RESP3 push: not a reply to anything
             if not fifo:
-                self.lost("Protocol error: a reply came that no command asked for.")
+                self.give_up("Protocol error: a reply came that no command asked for.", ready)
                 return
             slot = fifo.popleft()
+            self.unanswered -= 1
             counters.in_flight -= 1
             counters.replies += 1
             if slot.state != _WAIT:
@@ -338,29 +352,40 @@ class _MuxSocket(MuxWriter):
                 continue
             slot.state = _READY
             slot.value = reply
-            glet = slot.glet
-            if glet is not None:
-                try:
-                    glet.switch(reply)
-                except BaseException:  # pragma: no cover - see _switch
-                    pass
-                if self.fifo is not fifo:  # closed or lost meanwhile
-                    return
-            processed += 1
-            if not processed & 255:
-                # Keep the server busy while the rest of a large batch is handed out.
-                if counters.deferred:
-                    counters.drain()
-                if self.out:
-                    self.flush()
+            if slot.glet is not None:
+                ready.append(slot)
+                if len(ready) >= _RESUME_BATCH:
+                    if counters.deferred:
+                        counters.drain()
+                    _resume_all(ready)
+                    ready = []
                     if self.fifo is not fifo:
                         return
-                    self.flush_pending = True
         if counters.deferred:
             counters.drain()
-        self.flush_pending = False
-        if self.out:
-            self.flush()
+        _resume_all(ready)
+        if self.fifo is fifo:  # not closed or lost meanwhile
+            if counters.deferred:
+                counters.drain()
+            self.flush_pending = False
+            if self.out:
+                self.flush()
+
+    def give_up(self, reason: str, ready: List[_Slot]) -> None:
+        """The reply stream cannot be followed: drop the socket, then hand out the replies parsed before."""
+        self.lost(reason)
+        _resume_all(ready)
+
+
+def _resume_all(ready: List[_Slot]) -> None:
+    """Resume the greenlet parked on each slot, in order (in the hub)."""
+    for slot in ready:
+        glet = slot.glet
+        if glet is not None:  # still parked on it
+            try:
+                glet.switch(slot.value)
+            except BaseException:  # pragma: no cover - see _switch
+                pass
 
 
 class _MuxConnection:
@@ -630,7 +655,7 @@ class RedisMuxPool(GeventPool):
         if not counters.deferred and (not in_flight or in_flight + n <= counters.max_in_flight):
             counters.in_flight = in_flight + n
             sock.fifo.extend(slots)
-            sock.queue(data)
+            sock.queue(data, n)
         else:
             counters.deferred.append((sock, data, slots))
 

@@ -1,8 +1,9 @@
 """``greenpool.TarantoolMux``: many greenlets share one auto-pipelined Tarantool connection.
 
 A :class:`TarantoolMux` speaks IPROTO itself over a non-blocking socket driven by the gevent hub's event
-loop. Every request gets its own ``sync`` number; requests made while the hub is busy are coalesced into
-one ``send``; a read watcher (a callback in the hub, not a greenlet) reads whatever has arrived in one
+loop. Every request gets its own ``sync`` number and goes out at once while the server has less work queued
+than waits to be sent; under load, requests made while the hub is busy are coalesced into one ``send``; a
+read watcher (a callback in the hub, not a greenlet) reads whatever has arrived in one
 ``recv_into``, parses the replies with one ``msgpack.Unpacker`` and switches straight to the greenlet that
 asked for each of them. No per-request Event, AsyncResult or timer: a request costs one park and one resume.
 
@@ -106,6 +107,8 @@ ITERATORS: Dict[str, int] = {
 }
 
 _READ_SIZE = 256 * 1024
+#: Replies parsed before their greenlets are resumed (see greenpool.redis_mux._RESUME_BATCH).
+_RESUME_BATCH = 16
 _MISSING: Any = object()
 
 # Connection states.
@@ -242,6 +245,15 @@ def _noop() -> None:
     pass
 
 
+def _resume_all(ready: List[Any]) -> None:
+    """Resume each greenlet of ``[greenlet, value, ...]`` with its value, in order (in the hub)."""
+    for i in range(0, len(ready), 2):
+        try:
+            ready[i].switch(ready[i + 1])
+        except BaseException:  # pragma: no cover - see _switch
+            logger.exception("greenpool: a greenlet resumed by TarantoolMux raised")
+
+
 def _switch(glet: Any, value: Any) -> None:
     """Resume ``glet`` (parked in ``hub.switch()``) from the hub; an error escaping it must not stop the caller."""
     try:
@@ -281,6 +293,7 @@ class _Conn(MuxWriter):
         self.loop: Any = None
         self.pending: Dict[int, Any] = {}
         self.out: List[bytes] = []
+        self.unsent = self.unanswered = 0
         self.wview: Optional[memoryview] = None
         self.flush_pending = False
         self.read_watcher: Any = None
@@ -329,6 +342,7 @@ class _Conn(MuxWriter):
         self.state = _DOWN
         self.wview = None
         self.out = []
+        self.unsent = self.unanswered = 0
         self.flush_pending = False
         self.unpacker = None
         pending, self.pending = self.pending, {}
@@ -341,7 +355,7 @@ class _Conn(MuxWriter):
         out = self.out
         out.append(header)
         out.append(body)
-        self.schedule_flush()
+        self.pushed()
 
     def send_failed(self, exc: OSError) -> None:
         self.lost(exc.errno or 0, f"send failed: {exc}")
@@ -377,8 +391,12 @@ class _Conn(MuxWriter):
         unpack = unpacker.unpack
         pending = self.pending
         shared = self.shared
-        # Requests made by the greenlets resumed below go out in one send at the end.
+        # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
+        # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
+        # request at once while the server has less to do than waits here); what they send beyond that
+        # goes out in one send at the end.
         self.flush_pending = True
+        ready: List[Any] = []  # greenlet, reply body (or the error to raise), ...
         stage = self.stage
         header = self.header
         body: Any
@@ -389,10 +407,8 @@ class _Conn(MuxWriter):
                 break
             except Exception as exc:
                 # A reply that cannot be decoded (say, a string that is not UTF-8): fail its request alone.
-                if stage != 2 or not self.resync(exc, header, chunk):
-                    self.lost(0, f"protocol error: undecodable reply ({exc!r})")
-                    return
-                if self.pending is not pending:
+                if stage != 2 or not self.resync(exc, header, chunk, ready):
+                    self.give_up(f"protocol error: undecodable reply ({exc!r})", ready)
                     return
                 unpacker = self.unpacker
                 unpack = unpacker.unpack
@@ -405,7 +421,7 @@ class _Conn(MuxWriter):
             if stage == 1:
                 header = obj
                 if header.__class__ is not dict:
-                    self.lost(0, f"protocol error: reply header is {header!r}")
+                    self.give_up(f"protocol error: reply header is {header!r}", ready)
                     return
                 if unpacker.tell() < self.end:
                     stage = 2
@@ -425,32 +441,40 @@ class _Conn(MuxWriter):
             if glet is _MISSING:
                 shared.dropped += 1
                 continue
+            self.unanswered -= 1
             shared.replies += 1
-            if shared.deferred:
-                shared.release()
-            else:
-                shared.in_flight -= 1
+            shared.in_flight -= 1
             if glet is None:  # its greenlet gave up (timeout, kill): drop the late reply
                 shared.dropped += 1
                 continue
             if code:
                 shared.error_replies += 1
                 body = _error_reply(code, body)
-            try:
-                glet.switch(body)
-            except BaseException:  # pragma: no cover - see _switch
-                logger.exception("greenpool: a greenlet resumed by TarantoolMux raised")
-            if self.pending is not pending:  # the connection was closed or lost meanwhile
-                return
+            ready.append(glet)
+            ready.append(body)
+            if len(ready) >= _RESUME_BATCH * 2:
+                self.stage = stage
+                self.header = header
+                if shared.deferred:
+                    shared.release(0)
+                _resume_all(ready)
+                if self.pending is not pending:  # closed or lost meanwhile
+                    return
+                ready = []
         self.stage = stage
         self.header = header
-        self.flush_pending = False
-        if self.out:
-            self.flush()
+        if shared.deferred:
+            shared.release(0)  # the slots freed above go to the requests queued for one, oldest first
+        _resume_all(ready)
+        if self.pending is pending:  # not closed or lost meanwhile
+            self.flush_pending = False
+            if self.out:
+                self.flush()
 
-    def resync(self, exc: Exception, header: Any, chunk: memoryview) -> bool:
-        """The body of the reply ``header`` could not be decoded: hand ``exc`` to its request and go on with
-        the next reply (a fresh unpacker fed what follows this one). False if the stream cannot be followed."""
+    def resync(self, exc: Exception, header: Any, chunk: memoryview, ready: List[Any]) -> bool:
+        """The body of the reply ``header`` could not be decoded: add its greenlet and ``exc`` to ``ready`` and
+        go on with the next reply (a fresh unpacker fed what follows this one). False if the stream cannot be
+        followed."""
         rest = self.fed - self.end  # bytes after the broken reply, all from the current chunk
         if rest > len(chunk):
             return False
@@ -468,15 +492,24 @@ class _Conn(MuxWriter):
         if glet is _MISSING:
             shared.dropped += 1
             return True
+        self.unanswered -= 1
         shared.replies += 1
-        shared.release()
+        shared.in_flight -= 1
         if glet is None:
             shared.dropped += 1
         else:
-            _switch(glet, exc)
+            ready.append(glet)
+            ready.append(exc)
         return True
 
     # -------------------------------------------------------------- failure
+
+    def give_up(self, reason: str, ready: List[Any]) -> None:
+        """The reply stream cannot be followed: drop the socket, then hand out the replies parsed before."""
+        self.lost(0, reason)
+        if self.shared.deferred:
+            self.shared.release(0)
+        _resume_all(ready)
 
     def lost(self, code: int, reason: str) -> None:
         """The socket broke (in the hub): close it and fail every request in flight on it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import uuid
 from typing import Any, Dict, Iterator, List
 
@@ -407,6 +408,38 @@ def test_disconnect_fails_pending_requests(debug_redis: Any) -> None:
     blocker.close()
     assert r.ping() is True  # reconnects
     mux.disconnect()
+
+
+def test_a_command_goes_out_at_once_while_the_server_is_idle(client: redis.Redis, pool: RedisMuxPool) -> None:
+    client.ping()
+    writes = pool.get_stats()["mux_writes"]
+    seen: List[int] = []
+
+    def second() -> None:
+        seen.append(int(pool.get_stats()["mux_writes"]) - int(writes))
+        client.ping()
+
+    # Both greenlets run in the same loop turn: the first one's command is not held back for a batch.
+    gevent.joinall([gevent.spawn(client.ping), gevent.spawn(second)], raise_error=True)
+    assert seen == [1]
+
+
+def test_a_send_failing_in_a_greenlet_fails_every_command_then_reconnects(redis_server: Any) -> None:
+    mux = make_pool(redis_server, retry=no_retry())
+    r = redis.StrictRedis(connection_pool=mux)
+    try:
+        r.ping()
+        mux._sockets[0].sock.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE) before the EOF is read
+        commands = [gevent.spawn(r.ping) for _ in range(20)]
+        gevent.joinall(commands, timeout=5)
+        assert all(g.dead for g in commands), "commands hang after a failed send"
+        assert all(isinstance(g.exception, RedisConnectionError) for g in commands)
+        assert "Error while writing to socket" in str(commands[0].exception)
+        assert r.ping() is True  # the next command reconnects
+        stats = mux.get_stats()
+        assert stats["mux_connects"] == 2 and stats["mux_failed"] == 20 and stats["mux_in_flight"] == 0
+    finally:
+        mux.disconnect()
 
 
 def test_server_killed_mid_flight_then_recovers(debug_redis: Any) -> None:
