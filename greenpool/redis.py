@@ -15,7 +15,7 @@ import os
 import sys
 import weakref
 from queue import LifoQueue
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Set, Union
 
 from redis.connection import (
     CacheProxyConnection,
@@ -110,6 +110,9 @@ class GeventPool(ConnectionPool):
     ``redis.exceptions.ConnectionError`` whose message starts with "No connection available.".
     """
 
+    #: Settings :meth:`from_url` reads from the query string besides redis-py's, and how to parse them.
+    _url_extras: ClassVar[Mapping[str, Callable[[str], Any]]] = _URL_EXTRAS
+
     def __init__(
         self,
         max_connections: Optional[int] = 50,
@@ -167,7 +170,7 @@ class GeventPool(ConnectionPool):
         ``name``. Raises ``ValueError`` for a value that does not parse. Never blocks.
         """
         url_options: Dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        for key, cast in _URL_EXTRAS.items():
+        for key, cast in cls._url_extras.items():
             value = url_options.get(key)
             if isinstance(value, str):
                 try:

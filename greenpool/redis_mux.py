@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket as _socket_module
 from collections import deque
-from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gevent.event import Event
 from gevent.monkey import get_original
@@ -33,7 +33,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from greenpool import _green
 from greenpool._mux import MuxWriter
 from greenpool._validate import check_int
-from greenpool.redis import GeventPool
+from greenpool.errors import WrongThread
+from greenpool.redis import _URL_EXTRAS, GeventPool
 
 try:
     import hiredis
@@ -570,10 +571,20 @@ class RedisMuxPool(GeventPool):
     it, per its ``retry`` setting) and the next command reconnects. The shared sockets connect through
     redis-py's own ``Connection.connect()`` (AUTH, HELLO, SELECT db, client name), so ``db`` is honoured.
 
+    :meth:`from_url` reads ``connections`` and ``max_in_flight`` from the query string too.
+
     Without hiredis, or with TLS (``SSLConnection``), every checkout takes a dedicated connection, as with
     :class:`greenpool.GeventPool`. After ``os.fork()`` the child opens its own sockets on first use and
-    never touches the parent's.
+    never touches the parent's. The shared sockets belong to the gevent hub of the first thread that sends a
+    command through them; another thread gets :class:`greenpool.errors.WrongThread` (create one pool per
+    thread).
     """
+
+    _url_extras: ClassVar[Mapping[str, Callable[[str], Any]]] = {
+        **_URL_EXTRAS,
+        "connections": int,
+        "max_in_flight": int,
+    }
 
     def __init__(self, *args: Any, connections: int = 1, max_in_flight: int = 1024, **kwargs: Any) -> None:
         self._mux_sockets_count = check_int("connections", connections, minimum=1)
@@ -596,6 +607,7 @@ class RedisMuxPool(GeventPool):
         self._counters = _Counters(self._max_in_flight)
         self._sockets = [_MuxSocket(self._counters) for _ in range(self._mux_sockets_count)]
         self._rr = 0
+        self._thread: Optional[int] = None
         self._hub: Any = None
         self._timer: Any = None
 
@@ -636,7 +648,7 @@ class RedisMuxPool(GeventPool):
     def _submit(self, proxy: _MuxConnection, data: List[Any], n: int) -> None:
         if self._generation != _green.fork_generation():
             self._mux_after_fork()
-        if self._hub is None:
+        if self._thread != _green.thread_ident():
             self._bind()
         sockets = self._sockets
         if len(sockets) == 1:
@@ -660,6 +672,14 @@ class RedisMuxPool(GeventPool):
             counters.deferred.append((sock, data, slots))
 
     def _bind(self) -> None:
+        """Tie the shared sockets to the current thread's hub on first use; refuse any other thread after that."""
+        ident = _green.thread_ident()
+        if self._thread is not None:
+            raise WrongThread(
+                f"{self._pool.name}'s shared sockets belong to the gevent hub of thread {self._thread}; they were used "
+                f"from thread {ident}. Create one RedisMuxPool per thread."
+            )
+        self._thread = ident
         self._hub = _green.get_hub()
         timeout = self._socket_timeout
         if timeout:
@@ -709,6 +729,8 @@ class RedisMuxPool(GeventPool):
         """Close the shared sockets, failing their pending commands with ``ConnectionError`` (the next
         command reconnects), and disconnect dedicated connections as :class:`GeventPool` does. Never blocks."""
         if getattr(self, "_mux_ready", False) and self._generation == _green.fork_generation():
+            if self._thread is not None and self._thread != _green.thread_ident():
+                self._bind()  # raises WrongThread: the sockets' watchers belong to another thread's loop
             for sock in self._sockets:
                 if sock.state == _UP:
                     sock.lost("Connection closed by the pool (disconnect).")
@@ -721,9 +743,9 @@ class RedisMuxPool(GeventPool):
 
     def get_stats(self) -> Dict[str, Union[int, float, str]]:
         """The fair pool's statistics (dedicated connections) plus the shared sockets' counters:
-        ``mux_sockets_up``, ``mux_in_flight``, ``mux_deferred``, ``mux_requests``, ``mux_replies``,
-        ``mux_dropped``, ``mux_failed``, ``mux_timeouts``, ``mux_dedicated_checkouts``, ``mux_connects``,
-        ``mux_reads``, ``mux_writes``. Never blocks."""
+        ``mux_sockets_up``, ``mux_in_flight``, ``mux_max_in_flight``, ``mux_deferred``, ``mux_requests``,
+        ``mux_replies``, ``mux_dropped``, ``mux_failed``, ``mux_timeouts``, ``mux_dedicated_checkouts``,
+        ``mux_connects``, ``mux_reads``, ``mux_writes``. Never blocks."""
         stats = super().get_stats()
         counters = self._counters
         sockets = self._sockets
@@ -731,6 +753,7 @@ class RedisMuxPool(GeventPool):
             {
                 "mux_sockets_up": sum(1 for sock in sockets if sock.state == _UP),
                 "mux_in_flight": counters.in_flight,
+                "mux_max_in_flight": counters.max_in_flight,
                 "mux_deferred": sum(len(slots) for _, _, slots in counters.deferred),
                 "mux_requests": counters.requests,
                 "mux_replies": counters.replies,

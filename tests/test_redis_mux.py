@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List
 import gevent
 import pytest
 import redis
+from gevent import monkey
 from gevent.event import Event
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +28,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from greenpool.errors import WrongThread
 from greenpool.redis_mux import RedisMuxPool
 from stress.servers import RedisServer
 from tests.test_redis import watched_increments
@@ -136,6 +138,47 @@ def test_arguments_are_validated(redis_server: Any) -> None:
 
 
 # ---------------------------------------------------------------------- ordering and matching
+
+
+def test_from_url_reads_the_mux_settings(redis_server: Any) -> None:
+    url = f"redis://{redis_server.host}:{redis_server.port}/0?connections=2&max_in_flight=64&max_connections=3"
+    mux = RedisMuxPool.from_url(url)
+    try:
+        assert isinstance(mux, RedisMuxPool) and mux.max_connections == 3
+        r = redis.StrictRedis(connection_pool=mux)
+        gevent.joinall([gevent.spawn(r.ping) for _ in range(10)], raise_error=True)
+        stats = mux.get_stats()
+        assert stats["mux_connects"] == 2 and stats["mux_max_in_flight"] == 64
+    finally:
+        mux.disconnect()
+    with pytest.raises(ValueError, match="max_in_flight"):
+        RedisMuxPool.from_url(f"redis://{redis_server.host}:{redis_server.port}?max_in_flight=lots")
+    with pytest.raises(ValueError, match="connections"):
+        RedisMuxPool.from_url(f"redis://{redis_server.host}:{redis_server.port}?connections=0")
+
+
+def test_the_shared_sockets_belong_to_one_thread(client: redis.Redis, pool: RedisMuxPool) -> None:
+    assert client.ping() is True
+    start_new_thread = monkey.get_original("_thread", "start_new_thread")
+    outcome: List[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            client.ping()
+        except BaseException as exc:
+            outcome.append(exc)
+        try:
+            pool.disconnect()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    start_new_thread(other_thread, ())
+    with gevent.Timeout(10):
+        while len(outcome) < 2:
+            gevent.sleep(0.005)
+    assert all(isinstance(exc, WrongThread) for exc in outcome), outcome
+    assert "one RedisMuxPool per thread" in str(outcome[0])
+    assert client.ping() is True  # untouched in its own thread
 
 
 def test_replies_match_requests_under_1000_greenlets(redis_server: Any, prefix: str) -> None:
