@@ -20,10 +20,10 @@ import inspect
 import sys
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gevent import monkey
 
+from greenpool._tarantool_url import parse_url, url_bool, url_int, url_seconds, url_str
 from greenpool._validate import check_credentials, check_int, check_seconds, check_sizes
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
@@ -59,9 +59,6 @@ CONNECTION_DEFAULTS: Dict[str, Any] = {
     "reconnect_delay": 0.0,
     "connection_timeout": 10.0,
 }
-
-#: The port Tarantool listens on by convention, used when a URL names none.
-DEFAULT_PORT = 3301
 
 
 class TarantoolPoolTimeout(PoolTimeout, TarantoolError):  # type: ignore[misc]
@@ -292,35 +289,7 @@ class TarantoolPool(Pool[Any]):
 
         Raises ``ValueError`` naming the scheme, option or value that is wrong (never showing the password).
         """
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a str, got {type(url).__name__}")
-        parts = urlsplit(url)
-        if parts.scheme != "tarantool":
-            raise ValueError(f"url scheme must be 'tarantool', got {parts.scheme!r}")
-        if parts.path not in ("", "/"):
-            raise ValueError(f"a tarantool url has no path, got {parts.path!r}")
-        if parts.fragment:
-            raise ValueError(f"a tarantool url has no fragment, got {parts.fragment!r}")
-        host = parts.hostname
-        if not host:
-            raise ValueError("the url names no host (tarantool://[user[:password]@]host[:port])")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError("the url's port must be a number in 1..65535") from None
-        options: Dict[str, Any] = {
-            "host": host,
-            "port": DEFAULT_PORT if port is None else port,
-            "user": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password is not None else None,
-        }
-        for option, text in parse_qsl(parts.query, keep_blank_values=True):
-            cast = _URL_OPTIONS.get(option)
-            if cast is None:
-                raise ValueError(f"unknown tarantool url option {option!r}; known: {', '.join(sorted(_URL_OPTIONS))}")
-            if option in options:
-                raise ValueError(f"tarantool url option {option!r} is given more than once")
-            options[option] = cast(option, text)
+        options = parse_url(url, _URL_OPTIONS)
         options.update(kwargs)
         return cls(**options)
 
@@ -360,56 +329,26 @@ class TarantoolPool(Pool[Any]):
 
 # ---------------------------------------------------------------------- URL options
 
-
-def _url_int(option: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"tarantool url option {option}={text!r} is not an integer") from None
-
-
-def _url_seconds(option: str, text: str) -> Optional[float]:
-    if text.lower() in ("", "none"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"tarantool url option {option}={text!r} is not a number of seconds") from None
-
-
-def _url_bool(option: str, text: str) -> bool:
-    value = text.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"tarantool url option {option}={text!r} is not a boolean (true/false)")
-
-
-def _url_str(option: str, text: str) -> str:
-    return text
-
-
 _URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
-    "max_connections": _url_int,
-    "min_connections": _url_int,
-    "max_waiting": _url_int,
-    "timeout": _url_seconds,
-    "check_after_idle": _url_seconds,
-    "max_lifetime": _url_seconds,
-    "max_idle": _url_seconds,
-    "leak_threshold": _url_seconds,
-    "name": _url_str,
-    "socket_timeout": _url_seconds,
-    "connection_timeout": _url_seconds,
-    "reconnect_max_attempts": _url_int,
-    "reconnect_delay": _url_seconds,
-    "connect_now": _url_bool,
-    "fetch_schema": _url_bool,
-    "transport": _url_str,
-    "ssl_key_file": _url_str,
-    "ssl_cert_file": _url_str,
-    "ssl_ca_file": _url_str,
-    "ssl_ciphers": _url_str,
-    "auth_type": _url_str,
+    "max_connections": url_int,
+    "min_connections": url_int,
+    "max_waiting": url_int,
+    "timeout": url_seconds,
+    "check_after_idle": url_seconds,
+    "max_lifetime": url_seconds,
+    "max_idle": url_seconds,
+    "leak_threshold": url_seconds,
+    "name": url_str,
+    "socket_timeout": url_seconds,
+    "connection_timeout": url_seconds,
+    "reconnect_max_attempts": url_int,
+    "reconnect_delay": url_seconds,
+    "connect_now": url_bool,
+    "fetch_schema": url_bool,
+    "transport": url_str,
+    "ssl_key_file": url_str,
+    "ssl_cert_file": url_str,
+    "ssl_ca_file": url_str,
+    "ssl_ciphers": url_str,
+    "auth_type": url_str,
 }

@@ -39,6 +39,7 @@ from msgpack import OutOfData
 
 from greenpool import _green
 from greenpool._mux import MuxWriter
+from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
 from greenpool._validate import check_credentials, check_int, check_name, check_seconds
 from greenpool.errors import PoolClosed, WrongThread
 
@@ -110,6 +111,14 @@ _READ_SIZE = 256 * 1024
 #: Replies parsed before their greenlets are resumed (see greenpool.redis_mux._RESUME_BATCH).
 _RESUME_BATCH = 16
 _MISSING: Any = object()
+
+_URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
+    "connections": url_int,
+    "max_in_flight": url_int,
+    "timeout": url_seconds,
+    "connect_timeout": url_seconds,
+    "name": url_str,
+}
 
 # Connection states.
 _DOWN, _CONNECTING, _UP = 0, 1, 2
@@ -714,6 +723,21 @@ class TarantoolMux:
         self._connect_errors = 0
         self._retired = [0, 0, 0, 0, 0]  # counters of connections dropped after a fork
         self._setup()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> TarantoolMux:
+        """Build a mux from ``tarantool://[user[:password]@]host[:port][?option=value&...]``, the URL
+        :meth:`greenpool.TarantoolPool.from_url` takes.
+
+        The port defaults to 3301; user and password are percent-decoded. Query options: ``connections``,
+        ``max_in_flight``, ``timeout``, ``connect_timeout`` (seconds; ``none`` waits forever) and ``name``.
+        ``kwargs`` override what the URL says. Never blocks (the first request connects).
+
+        Raises ``ValueError`` naming the scheme, option or value that is wrong (never showing the password).
+        """
+        options = parse_url(url, _URL_OPTIONS)
+        options.update(kwargs)
+        return cls(**options)
 
     def _setup(self) -> None:
         """(Re)initialise the per-process state: at construction and in a child process after a fork."""

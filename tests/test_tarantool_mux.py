@@ -415,6 +415,28 @@ def test_server_killed_mid_flight_fails_every_request_promptly_then_recovers(fre
         mux.close()
 
 
+def test_from_url_takes_the_pools_url_and_the_mux_options(tarantool_server: Any) -> None:
+    s = tarantool_server
+    url = (
+        f"tarantool://{s.user}:{s.password.replace('-', '%2D')}@{s.host}:{s.port}"
+        "?connections=2&max_in_flight=64&timeout=1.5&connect_timeout=none&name=mux-from-url"
+    )
+    with TarantoolMux.from_url(url) as mux:
+        assert (mux.connections, mux.max_in_flight, mux.timeout, mux.connect_timeout) == (2, 64, 1.5, None)
+        assert mux.name == "mux-from-url" and mux.user == s.user and (mux.host, mux.port) == (s.host, s.port)
+        gevent.joinall([gevent.spawn(mux.call, "echo", i) for i in range(4)], raise_error=True)
+        assert mux.get_stats()["connects"] == 2
+        assert s.password not in repr(mux)
+    other = TarantoolMux.from_url(f"tarantool://{s.host}?connections=3", connections=5)  # kwargs win
+    assert other.connections == 5 and other.port == 3301 and other.user is None
+    with pytest.raises(ValueError, match="unknown tarantool url option 'max_connections'"):
+        TarantoolMux.from_url(f"tarantool://{s.host}?max_connections=3")
+    with pytest.raises(ValueError, match="max_in_flight='many' is not an integer"):
+        TarantoolMux.from_url(f"tarantool://{s.host}?max_in_flight=many")
+    with pytest.raises(ValueError, match="scheme must be 'tarantool'"):
+        TarantoolMux.from_url(f"redis://{s.host}")
+
+
 def test_a_request_goes_out_at_once_while_the_server_is_idle(mux: TarantoolMux) -> None:
     mux.ping()
     sends = mux.get_stats()["sends"]
