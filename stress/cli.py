@@ -2,8 +2,10 @@
 
 ``redis`` (the default) and ``tarantool`` run every chosen contender (see :mod:`stress.contenders`) for
 each ``--max-connections`` value, side by side in alternating order, against one server, then print the
-results table, greenpool's ratios and its targets (PASS/MISS); ``redis`` also runs the single-greenlet
-and memory-per-waiter scenarios (:mod:`stress.extras`). ``tune`` sweeps max_connections with greenpool
+results table, greenpool's ratios and its targets (PASS/MISS, the multiplexers' included when they ran);
+``redis`` also runs the single-greenlet and memory-per-waiter scenarios (:mod:`stress.extras`). A
+contender that cannot run here (``asynctnt`` without asynctnt and uvloop installed) is skipped with one
+line saying why and how to install what it needs. ``tune`` sweeps max_connections with greenpool
 alone and recommends a value. Without ``--url`` a private server is started on a free loopback port
 (:mod:`stress.servers`) and stopped afterwards.
 
@@ -33,13 +35,14 @@ from stress.contenders import (
     TARANTOOL_CONTENDERS,
     TARANTOOL_OPS,
     Contender,
+    ContenderUnavailable,
     MuxTarantool,
     RedisTarget,
     TarantoolTarget,
     alternate,
     redact_url,
 )
-from stress.harness import Progress, RunStats, run_workload
+from stress.harness import Progress
 
 __all__ = ["build_parser", "main"]
 
@@ -206,7 +209,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         type=_pool_list(REDIS_CONTENDERS),
         default=[name for name, contender in REDIS_CONTENDERS.items() if contender.default],
         metavar="NAME[,NAME...]",
-        help="contenders: " + "; ".join(f"{c.name}: {c.help}" for c in REDIS_CONTENDERS.values()),
+        help="contenders (default: all): " + "; ".join(f"{c.name}: {c.help}" for c in REDIS_CONTENDERS.values()),
     )
     redis_cmd.add_argument(
         "--no-extras",
@@ -230,9 +233,10 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     tnt_cmd.add_argument(
         "--pools",
         type=_pool_list(TARANTOOL_CONTENDERS),
-        default=list(TARANTOOL_CONTENDERS),
+        default=[name for name, contender in TARANTOOL_CONTENDERS.items() if contender.default],
         metavar="NAME[,NAME...]",
-        help="contenders: " + "; ".join(f"{c.name}: {c.help}" for c in TARANTOOL_CONTENDERS.values()),
+        help="contenders (default: all, asynctnt only when installed): "
+        + "; ".join(f"{c.name}: {c.help}" for c in TARANTOOL_CONTENDERS.values()),
     )
     tnt_cmd.add_argument(
         "--mux-connections",
@@ -240,6 +244,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         default=1,
         metavar="N",
         help="sockets of the mux contender's TarantoolMux, whatever --max-connections says (default 1)",
+    )
+    tnt_cmd.add_argument(
+        "--no-extras",
+        dest="extras",
+        action="store_false",
+        help="accepted as for redis; tarantool runs no extra scenarios",
     )
     _add_common(tnt_cmd, DEFAULT_MAX)
 
@@ -349,25 +359,32 @@ def _now() -> str:
 
 
 def _run_sweep(
-    args: argparse.Namespace, target: Any, contenders: List[Contender], progress: Progress
+    args: argparse.Namespace, target: Any, contenders: List[Contender], progress: Progress, skipped: Dict[str, str]
 ) -> List[Dict[str, Any]]:
-    """Run every contender at every max_connections, alternating the order from one size to the next."""
+    """Run every contender at every max_connections, alternating the order from one size to the next.
+
+    A contender that raises :class:`ContenderUnavailable` is not run again; why is said on stderr and
+    recorded in ``skipped``.
+    """
     runs: List[Dict[str, Any]] = []
     by_name = {c.name: c for c in contenders}
     total = len(args.max_connections) * len(contenders)
     for round_index, size in enumerate(args.max_connections):
         for name in alternate(list(by_name), round_index):
-            stats = RunStats()
-            workload = by_name[name].workload(target, size, args.greenlets, args.timeout, stats)
+            if name in skipped:
+                continue
             label = f"[{len(runs) + 1}/{total}] {name:<21} max={size:<4}"
-            figures = run_workload(
-                workload,
-                stats,
-                args.duration,
-                drain_timeout=args.timeout + 10.0,
-                progress=progress,
-                label=label,
-            )
+            try:
+                figures = by_name[name].measure(
+                    target, size, args.greenlets, args.timeout, args.duration, progress=progress, label=label
+                )
+            except ContenderUnavailable as exc:
+                reason = str(exc)
+                if any(run["contender"] == name for run in runs):
+                    reason += f" (at max_connections {size}; not run at the later sizes)"
+                skipped[name] = reason
+                sys.stderr.write(f"skipping {name}: {reason}\n")
+                continue
             run = {"contender": name, "max_connections": size, "order": len(runs) + 1}
             run.update(figures)
             if not by_name[name].has_checkout:
@@ -470,7 +487,11 @@ def _compare(args: argparse.Namespace) -> int:
             return 1
         scenario = _scenario(args, contenders, server["where"])
         report.print_lines(sys.stdout, _header(args, target, server["where"], versions))
-        runs = _run_sweep(args, target, contenders, progress)
+        runs = _run_sweep(args, target, contenders, progress, skipped)
+        contenders = [c for c in contenders if any(r["contender"] == c.name for r in runs)]
+        if not contenders:
+            sys.stderr.write("no contender could run\n")
+            return 1
         ratios = report.add_ratios(runs)
         if args.extras:
             from stress.extras import memory_per_waiter, single_greenlet
@@ -485,6 +506,12 @@ def _compare(args: argparse.Namespace) -> int:
             f"\nmux: one TarantoolMux ({sockets}) at every size; no checkout, so no wait figures (-); "
             "a request timeout counts as failed."
         )
+    if any(c.name == "asynctnt" for c in contenders):
+        blocks[0] += (
+            f"\nasynctnt: one asynctnt connection on uvloop and {args.greenlets:,} coroutines, in a subprocess (its "
+            "RSS figures are\nthe subprocess's), at every size; no checkout, so no wait figures (-); a request "
+            "timeout counts as failed."
+        )
     if single is not None:
         blocks.append(_format_single(single, target.describe()))
     if memory is not None:
@@ -497,7 +524,7 @@ def _compare(args: argparse.Namespace) -> int:
         head = f"Recommended: max_connections={pick}" if pick is not None else "No recommendation"
         blocks.append(head + "\n" + "\n".join("  " + line for line in recommendation["why"]))
     else:
-        goals = report.targets(runs, args.greenlets, single, memory)
+        goals = report.targets(runs, args.greenlets, single, memory, kind=args.kind)
         blocks.append("Targets (greenpool):\n" + report.format_targets(goals))
     blocks.extend(f"Skipped {name}: {reason}" for name, reason in skipped.items())
     report.print_lines(sys.stdout, *blocks)

@@ -10,16 +10,22 @@ turns a target, a ``max_connections`` and a greenlet count into a :class:`stress
   ``queue.LifoQueue`` / with ``gevent.queue.LifoQueue``;
 - ``ceiling``: ``max_connections`` greenlets, each with a dedicated connection behind a "pool" that does
   nothing: what a zero-cost pool could reach;
-- ``mux`` (Redis, only when ``--pools`` names it): ``greenpool.RedisMuxPool``, whose plain commands share one
-  auto-pipelined socket (its checkouts never wait, so its wait figures are near zero);
+- ``mux`` (Redis): ``greenpool.RedisMuxPool``, whose plain commands share one auto-pipelined socket (its
+  checkouts never wait, so its wait figures are near zero);
 - ``mux`` (Tarantool): one ``greenpool.TarantoolMux`` (``connections=1`` unless asked otherwise) shared
   by every greenlet, whatever ``max_connections`` says. It has no checkout, so it records no checkout
   waits (:attr:`Contender.has_checkout` is false); a request that times out (``MuxTimeout``) counts as a
-  failed operation, like a failed checkout.
+  failed operation, like a failed checkout;
+- ``asynctnt`` (Tarantool, by default only when asynctnt and uvloop are installed): one asynctnt connection
+  on uvloop shared by as many coroutines as there are greenlets, whatever ``max_connections`` says, in a
+  subprocess (:mod:`stress.asynctnt_worker`); no checkout either, a request timeout counts as failed, and
+  its RSS figures are the subprocess's.
 
 Every Redis contender runs the same code path (``redis.Redis`` command methods, with the pool's
 ``get_connection`` timed); only the pool differs. Connections opened are counted by a subclass of the
-connection class. Depends on redis-py, tarantool-python (imported lazily), gevent and the harness.
+connection class. :meth:`Contender.measure` runs one contender once; a contender that turns out not to be
+able to run raises :class:`ContenderUnavailable` from it. Depends on redis-py, tarantool-python (imported
+lazily), gevent, the harness and :mod:`stress.asynctnt_worker` (standard library only).
 """
 
 from __future__ import annotations
@@ -30,14 +36,17 @@ from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urlparse
 
 from greenpool.errors import PoolError, PoolTimeout
-from stress.harness import CheckoutFailed, RunStats, Workload, clock
+from stress import asynctnt_worker
+from stress.harness import CheckoutFailed, Progress, RunStats, Workload, clock, run_workload
 
 __all__ = [
     "REDIS_CONTENDERS",
     "REDIS_OPS",
     "TARANTOOL_CONTENDERS",
     "TARANTOOL_OPS",
+    "AsynctntTarantool",
     "Contender",
+    "ContenderUnavailable",
     "MuxTarantool",
     "RedisTarget",
     "TarantoolTarget",
@@ -174,6 +183,10 @@ class TarantoolTarget:
 # ---------------------------------------------------------------------- contenders
 
 
+class ContenderUnavailable(Exception):
+    """Raised by :meth:`Contender.measure` when the contender cannot run after all (the message says why)."""
+
+
 class Contender:
     """One way of sharing connections among greenlets; see the module docstring for the kinds."""
 
@@ -183,8 +196,11 @@ class Contender:
     help = ""
     #: False for a contender without checkouts (its wait figures are not applicable and are reported as None).
     has_checkout = True
-    #: False for a contender that runs only when ``--pools`` names it.
-    default = True
+
+    @property
+    def default(self) -> bool:
+        """False for a contender that runs only when ``--pools`` names it."""
+        return True
 
     def unavailable(self) -> Optional[str]:
         """Why this contender cannot run here (``None`` when it can)."""
@@ -193,6 +209,25 @@ class Contender:
     def workload(self, target: Any, max_connections: int, greenlets: int, timeout: float, stats: RunStats) -> Workload:
         """Build the pool(s) and one operation per worker greenlet; nothing connects yet."""
         raise NotImplementedError
+
+    def measure(
+        self,
+        target: Any,
+        max_connections: int,
+        greenlets: int,
+        timeout: float,
+        duration: float,
+        progress: Optional[Progress] = None,
+        label: str = "",
+    ) -> Dict[str, Any]:
+        """Run this contender once and return the figures :func:`stress.harness.run_workload` returns.
+
+        Blocks for the spawn, ``duration`` seconds of measurement and the drain (at most ``timeout + 10``
+        seconds). Raises :class:`ContenderUnavailable` when the contender turns out not to be able to run.
+        """
+        stats = RunStats()
+        workload = self.workload(target, max_connections, greenlets, timeout, stats)
+        return run_workload(workload, stats, duration, drain_timeout=timeout + 10.0, progress=progress, label=label)
 
 
 def _import_error(module: str, attribute: str) -> Optional[str]:
@@ -267,8 +302,7 @@ class GreenpoolRedis(_RedisPoolContender):
 
 class GreenpoolRedisMux(_RedisPoolContender):
     name = "mux"
-    help = "greenpool.RedisMuxPool, one auto-pipelined socket shared by every greenlet (only when named)"
-    default = False
+    help = "greenpool.RedisMuxPool, one auto-pipelined socket shared by every greenlet"
 
     def unavailable(self) -> Optional[str]:
         return _import_error("greenpool.redis_mux", "RedisMuxPool")
@@ -482,11 +516,77 @@ class MuxTarantool(Contender):
         return Workload(ops, mux.close, lambda: int(mux.get_stats()["connects"]))
 
 
+class AsynctntTarantool(Contender):
+    name = "asynctnt"
+    help = (
+        "one asynctnt connection on uvloop, one coroutine per greenlet, in a subprocess "
+        f"(a default only when installed: {asynctnt_worker.INSTALL})"
+    )
+    has_checkout = False
+
+    @property
+    def default(self) -> bool:
+        return asynctnt_worker.missing() is None
+
+    def unavailable(self) -> Optional[str]:
+        return asynctnt_worker.missing()
+
+    def measure(
+        self,
+        target: TarantoolTarget,
+        max_connections: int,
+        greenlets: int,
+        timeout: float,
+        duration: float,
+        progress: Optional[Progress] = None,
+        label: str = "",
+    ) -> Dict[str, Any]:
+        """Run ``greenlets`` coroutines on one asynctnt connection in a subprocess, with the target's operation
+        and keys (coroutine ``i`` uses key ``i % KEYS``) and ``timeout`` as the request timeout.
+
+        Blocks for the subprocess (``duration`` plus its start, connect and drain). Raises
+        :class:`ContenderUnavailable` when asynctnt or uvloop is missing or the subprocess fails.
+        """
+        spec = asynctnt_worker.Spec(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            concurrency=greenlets,
+            seconds=duration,
+            op=target.op,
+            space=target.space,
+            value_size=len(target.payload),
+            timeout=timeout,
+            keyspace=KEYS,
+            key_stride=1,
+            key_step=0,
+        )
+        if progress is not None:
+            progress.show(f"{label}  {duration:.1f} s in a subprocess")
+        try:
+            result = asynctnt_worker.run(spec)
+        except asynctnt_worker.WorkerFailed as exc:
+            raise ContenderUnavailable(str(exc)) from exc
+        finally:
+            if progress is not None:
+                progress.done()
+        figures: Dict[str, Any] = {"greenlets": result["concurrency"]}
+        for key in ("elapsed_s", "ok", "ok_per_s", "failed", "errors", "success_pct"):
+            figures[key] = result[key]
+        figures["checkouts"] = None
+        figures.update(dict.fromkeys(("wait_p50_ms", "wait_p99_ms", "wait_max_ms")))
+        figures["connections_opened"] = 1
+        for key in ("rss_before_mb", "rss_peak_mb", "rss_growth_mb", "first_error"):
+            figures[key] = result[key]
+        return figures
+
+
 REDIS_CONTENDERS: Dict[str, Contender] = {
     c.name: c for c in (GreenpoolRedis(), RedisBlocking(), RedisBlockingGevent(), RedisCeiling(), GreenpoolRedisMux())
 }
 TARANTOOL_CONTENDERS: Dict[str, Contender] = {
-    c.name: c for c in (GreenpoolTarantool(), MuxTarantool(), TarantoolCeiling())
+    c.name: c for c in (GreenpoolTarantool(), MuxTarantool(), TarantoolCeiling(), AsynctntTarantool())
 }
 
 

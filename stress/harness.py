@@ -14,9 +14,6 @@ Operations signal a failed checkout by raising :class:`CheckoutFailed`; they rec
 from __future__ import annotations
 
 import gc
-import os
-import resource
-import sys
 from array import array
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, TextIO
@@ -25,13 +22,12 @@ import gevent
 from gevent.event import Event
 
 from greenpool.stats import percentile
+from stress.figures import outcome, rss_bytes
 
 __all__ = ["CheckoutFailed", "Progress", "RunStats", "Workload", "rss_bytes", "run_workload", "summarize_waits"]
 
 #: The clock every figure of the harness is measured with.
 clock = perf_counter
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class CheckoutFailed(Exception):
@@ -98,16 +94,6 @@ class Progress:
             self.stream.write("\n")
         self.stream.flush()
         self._width = 0
-
-
-def rss_bytes() -> int:
-    """The resident set size of this process now (Linux), or its peak where ``/proc`` is missing."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
 def summarize_waits(waits: Any) -> Dict[str, float]:
@@ -208,17 +194,7 @@ def run_workload(
         if progress is not None:
             progress.done()
         workload.close()
-    attempts = ok + failed + errors
-    figures: Dict[str, Any] = {
-        "greenlets": count,
-        "elapsed_s": round(elapsed, 3),
-        "ok": ok,
-        "ok_per_s": round(ok / elapsed, 1) if elapsed > 0 else 0.0,
-        "failed": failed,
-        "errors": errors,
-        "success_pct": round(100.0 * ok / attempts, 3) if attempts else 0.0,
-        "checkouts": checkouts,
-    }
+    figures: Dict[str, Any] = {"greenlets": count, **outcome(ok, failed, errors, elapsed), "checkouts": checkouts}
     figures.update(summarize_waits(stats.waits[:checkouts]))
     figures["connections_opened"] = workload.opened()
     mib = 1024.0 * 1024.0

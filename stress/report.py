@@ -32,6 +32,11 @@ TARGETS = {
     "vs_ceiling_max": 10,
     "single_vs_dedicated": 0.95,
     "bytes_per_waiter": 1024.0,
+    # Redis: RedisMuxPool / GeventPool at the same max_connections (5000 greenlets, 10), with 100 % success.
+    "redis_mux_vs_greenpool": 2.0,
+    # Tarantool: TarantoolMux / asynctnt and / TarantoolPool, the lowest over the max_connections measured.
+    "tarantool_mux_vs_asynctnt": 1.0,
+    "tarantool_mux_vs_greenpool": 3.0,
 }
 #: tune: recommend the smallest max_connections whose throughput is within this share of the best.
 TUNE_WITHIN = 0.95
@@ -39,19 +44,26 @@ TUNE_WITHIN = 0.95
 
 def add_ratios(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Set ``vs_ceiling`` and ``vs_redis_blocking`` (ok/s ratios at the same max_connections) on each run,
-    and ``vs_greenpool`` on the ``mux`` runs (``None`` on the others).
+    ``vs_greenpool`` on the ``mux`` runs when a mux ran, and ``vs_asynctnt`` on them when asynctnt ran too
+    (``None`` on the other runs).
 
     Returns the ``greenpool / ceiling`` and ``greenpool / redis-blocking`` ratios, one dict per
-    max_connections (``None`` where a contender did not run), plus ``mux_vs_greenpool`` when a mux ran.
+    max_connections (``None`` where a contender did not run), plus ``mux_vs_greenpool`` when a mux ran and
+    ``mux_vs_asynctnt`` when asynctnt ran as well.
     """
     by_key = {(r["contender"], r["max_connections"]): r for r in runs}
     with_mux = any(r["contender"] == "mux" for r in runs)
+    with_asynctnt = with_mux and any(r["contender"] == "asynctnt" for r in runs)
     for run in runs:
         for field, other in (("vs_ceiling", "ceiling"), ("vs_redis_blocking", "redis-blocking")):
             run[field] = _ok_ratio(run, by_key.get((other, run["max_connections"])))
-        if with_mux:
-            mine = run["contender"] == "mux"
-            run["vs_greenpool"] = _ok_ratio(run, by_key.get(("greenpool", run["max_connections"]))) if mine else None
+        mine = run["contender"] == "mux"
+        for field, other, wanted in (
+            ("vs_greenpool", "greenpool", with_mux),
+            ("vs_asynctnt", "asynctnt", with_asynctnt),
+        ):
+            if wanted:
+                run[field] = _ok_ratio(run, by_key.get((other, run["max_connections"]))) if mine else None
     ratios = []
     for size in sorted({r["max_connections"] for r in runs}):
         ours = by_key.get(("greenpool", size))
@@ -60,9 +72,11 @@ def add_ratios(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             "greenpool_vs_ceiling": ours["vs_ceiling"] if ours else None,
             "greenpool_vs_redis_blocking": ours["vs_redis_blocking"] if ours else None,
         }
+        mux = by_key.get(("mux", size))
         if with_mux:
-            mux = by_key.get(("mux", size))
             ratio["mux_vs_greenpool"] = mux["vs_greenpool"] if mux else None
+        if with_asynctnt:
+            ratio["mux_vs_asynctnt"] = mux["vs_asynctnt"] if mux else None
         ratios.append(ratio)
     return ratios
 
@@ -97,8 +111,9 @@ def format_table(runs: Iterable[Dict[str, Any]]) -> str:
         "/ceiling",
         "/redis-blocking",
         "/greenpool",
+        "/asynctnt",
     )
-    optional = 3  # the ratio columns, dropped when no run has a value for them
+    optional = 4  # the ratio columns, dropped when no run has a value for them
     rows: List[Tuple[str, ...]] = []
     for r in sorted(runs, key=lambda r: r["max_connections"]):
         opened = r.get("connections_opened")
@@ -119,6 +134,7 @@ def format_table(runs: Iterable[Dict[str, Any]]) -> str:
                 _ratio(r.get("vs_ceiling")),
                 _ratio(r.get("vs_redis_blocking")),
                 _ratio(r.get("vs_greenpool")),
+                _ratio(r.get("vs_asynctnt")),
             )
         )
     # Drop the ratio columns no run has a value for (e.g. tune, or a sweep without the ceiling or the mux).
@@ -153,8 +169,14 @@ def targets(
     greenlets: int,
     single: Optional[Dict[str, Any]] = None,
     memory: Optional[Dict[str, Any]] = None,
+    kind: str = "redis",
 ) -> List[Dict[str, Any]]:
-    """greenpool's figures against :data:`TARGETS`, each with a PASS/MISS (or n/a) status."""
+    """greenpool's figures against :data:`TARGETS`, each with a PASS/MISS (or n/a) status.
+
+    ``runs`` carry the ratios :func:`add_ratios` sets. When a ``mux`` ran, its targets follow: on Redis
+    (``kind="redis"``) mux / greenpool at max_connections 10 (or the nearest size run) with 100 % success; on
+    Tarantool mux / asynctnt (when asynctnt ran) and mux / greenpool, the lowest over the sizes measured.
+    """
     out = []
     ours = [r for r in runs if r["contender"] == "greenpool"]
     if ours:
@@ -217,6 +239,64 @@ def targets(
                 unit="B",
             )
         )
+    if any(r["contender"] == "mux" for r in runs):
+        if kind == "redis":
+            out.append(_redis_mux_target(runs, greenlets))
+        else:
+            out.extend(_tarantool_mux_targets(runs, greenlets))
+    return out
+
+
+def _redis_mux_target(runs: List[Dict[str, Any]], greenlets: int) -> Dict[str, Any]:
+    """mux / greenpool at max_connections 10 (else the nearest size both ran at), with 100 % mux success."""
+    goal_ratio = TARGETS["redis_mux_vs_greenpool"]
+    goal = f">= {goal_ratio:.1f}x at the same max_connections, success 100 %"
+    name = "mux ok/s / greenpool"
+    paired = {r["max_connections"]: r for r in runs if r["contender"] == "mux" and r.get("vs_greenpool") is not None}
+    if not paired:
+        return _target(name, None, goal, None, "needs a run of mux and greenpool at the same max_connections")
+    wanted = int(TARGETS["vs_ceiling_max"])
+    size = min(paired, key=lambda s: (abs(s - wanted), s))
+    mux = paired[size]
+    ratio = mux["vs_greenpool"]
+    clean = mux["failed"] == 0 and mux["errors"] == 0
+    note = f"{greenlets} greenlets, max_connections {size}, mux success {mux['success_pct']:.1f} %"
+    if not clean:  # 99.96 % shows as 100.0 %: say what failed
+        note += f" ({mux['failed']:,} failed, {mux['errors']:,} errors)"
+    set_at = []
+    if greenlets != TARGETS["vs_ceiling_greenlets"]:
+        set_at.append(f"{TARGETS['vs_ceiling_greenlets']} greenlets")
+    if size != wanted:
+        set_at.append(f"max_connections {wanted}")
+    if set_at:
+        note += f" (the target is set at {' and '.join(set_at)})"
+    return _target(name, ratio, goal, ratio >= goal_ratio and clean, note)
+
+
+def _tarantool_mux_targets(runs: List[Dict[str, Any]], greenlets: int) -> List[Dict[str, Any]]:
+    """mux / asynctnt (when asynctnt ran) and mux / greenpool: the lowest ratio over the sizes both ran at."""
+    out = []
+    mux = [r for r in runs if r["contender"] == "mux"]
+    for other, name, key in (
+        ("asynctnt", "mux ok/s / asynctnt", "tarantool_mux_vs_asynctnt"),
+        ("greenpool", "mux ok/s / greenpool (TarantoolPool)", "tarantool_mux_vs_greenpool"),
+    ):
+        ran = any(r["contender"] == other for r in runs)
+        if other == "asynctnt" and not ran:
+            continue
+        goal_ratio = TARGETS[key]
+        goal = f">= {goal_ratio:.1f}x"
+        field = f"vs_{other}"
+        paired = [r for r in mux if r.get(field) is not None]
+        if not paired:
+            out.append(_target(name, None, goal, None, f"needs a run of mux and {other} at the same max_connections"))
+            continue
+        worst = min(paired, key=lambda r: r[field])
+        note = f"{greenlets} greenlets, max_connections {worst['max_connections']}"
+        if len(paired) > 1:
+            sizes = ",".join(str(r["max_connections"]) for r in sorted(paired, key=lambda r: r["max_connections"]))
+            note += f": the lowest of max_connections {sizes}"
+        out.append(_target(name, worst[field], goal, worst[field] >= goal_ratio, note))
     return out
 
 

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 __all__ = ["ServerMissing", "RedisServer", "TarantoolServer", "free_port", "TARANTOOL_INIT"]
 
@@ -59,7 +59,7 @@ class _Server:
     def _command(self, binary: str) -> List[str]:
         raise NotImplementedError
 
-    def _env(self) -> dict:
+    def _env(self) -> Dict[str, str]:
         return dict(os.environ)
 
     def _ready(self) -> bool:
@@ -161,7 +161,7 @@ class RedisServer(_Server):
         password: Optional[str] = None,
         unix_socket: bool = False,
         appendonly: bool = False,
-        tls: Optional[dict] = None,
+        tls: Optional[Dict[str, str]] = None,
         extra: Optional[List[str]] = None,
     ) -> None:
         super().__init__(port)
@@ -222,7 +222,7 @@ class TarantoolServer(_Server):
     def _command(self, binary: str) -> List[str]:
         return [binary, str(TARANTOOL_INIT)]
 
-    def _env(self) -> dict:
+    def _env(self) -> Dict[str, str]:
         env = dict(os.environ)
         env["TARANTOOL_LISTEN"] = f"{self.host}:{self.port}"
         env["TARANTOOL_USER"] = self.user

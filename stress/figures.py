@@ -1,0 +1,45 @@
+"""Figures shared by the harness and the asynctnt worker: the outcome of a measured window, this process's
+resident memory and CPU time.
+
+Depends on the standard library only (the asynctnt worker must not import gevent).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import Any, Dict
+
+__all__ = ["cpu_seconds", "outcome", "rss_bytes"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """The resident set size of this process now (Linux), or its peak where ``/proc`` is missing."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def outcome(ok: int, failed: int, errors: int, elapsed: float) -> Dict[str, Any]:
+    """A measured window's figures: ``elapsed_s``, ``ok``, ``ok_per_s``, ``failed``, ``errors``, ``success_pct``."""
+    attempts = ok + failed + errors
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "ok": ok,
+        "ok_per_s": round(ok / elapsed, 1) if elapsed > 0 else 0.0,
+        "failed": failed,
+        "errors": errors,
+        "success_pct": round(100.0 * ok / attempts, 3) if attempts else 0.0,
+    }
