@@ -172,7 +172,7 @@ class _Counters:
             if self.in_flight and self.in_flight + n > self.max_in_flight:
                 return
             deferred.popleft()
-            if all(slot.state != _WAIT for slot in slots):
+            if slots[0].state != _WAIT if n == 1 else all(slot.state != _WAIT for slot in slots):
                 continue  # every greenlet gave up before it was sent
             if sock.state != _UP:
                 _fail(self, slots, RedisConnectionError, "Connection lost before the command was sent.")
@@ -421,6 +421,12 @@ class _MuxConnection:
         if name in _TEMPLATE_ATTRS:
             return getattr(self._mux._template, name)
         return getattr(self._dedicate(), name)
+
+    # Read by redis-py's client on every command: served without the (slower) __getattr__ fallback.
+    retry = property(lambda self: self._mux._template.retry)
+    host = property(lambda self: self._mux._template.host)
+    port = property(lambda self: self._mux._template.port)
+    db = property(lambda self: self._mux._template.db)
 
     # -------------------------------------------------------------- the redis-py Connection interface
 
