@@ -92,6 +92,9 @@ DEDICATED_COMMANDS: FrozenSet[str] = frozenset(
     }
 )
 _BLOCK_OPTION_COMMANDS = frozenset({"XREAD", "XREADGROUP"})
+# Command name as redis-py passes it (str or bytes) -> whether it needs a dedicated connection, for the names
+# whose verdict does not depend on the arguments (bounded: a program uses a few hundred names at most).
+_VERDICTS: Dict[Any, bool] = {}
 
 #: Proxy attributes read from a never-connected template connection (configuration, no state).
 _TEMPLATE_ATTRS = frozenset(
@@ -518,21 +521,20 @@ class _MuxConnection:
         return self._dedicated is None or bool(self._dedicated.is_connected)
 
     def _needs_dedicated(self, name: Any, args: Sequence[Any]) -> bool:
-        mux = self._mux
-        if not mux._enabled:
+        if not self._mux._enabled:
             return True
-        if isinstance(name, bytes):
-            name = name.decode("latin-1")
-        word = str(name).split(" ", 1)[0].upper()
-        if word in DEDICATED_COMMANDS:
-            return True
-        if word in _BLOCK_OPTION_COMMANDS:
-            return (
-                True
-                if not args
-                else any(isinstance(a, (str, bytes)) and a.upper() in ("BLOCK", b"BLOCK") for a in args)
-            )
-        return False
+        cacheable = name.__class__ is str or name.__class__ is bytes
+        if cacheable:
+            verdict = _VERDICTS.get(name)
+            if verdict is not None:
+                return verdict
+        word = (name.decode("latin-1") if isinstance(name, bytes) else str(name)).split(" ", 1)[0].upper()
+        if word in _BLOCK_OPTION_COMMANDS:  # XREAD ... BLOCK: it depends on the arguments
+            return not args or any(isinstance(a, (str, bytes)) and a.upper() in ("BLOCK", b"BLOCK") for a in args)
+        verdict = word in DEDICATED_COMMANDS
+        if cacheable and len(_VERDICTS) < 4096:
+            _VERDICTS[name] = verdict
+        return verdict
 
     def _abandon(self) -> None:
         for slot in self._slots:
