@@ -1,11 +1,10 @@
 """The write side shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
 
-:class:`MuxWriter` is the base of a multiplexer's socket class, which sets the attributes annotated below
-and provides :meth:`MuxWriter.send_failed`. A request goes out at once while the server has no more requests to
-work on than wait to be sent (so the server never idles while a batch builds up: at low concurrency each request
-goes at once); under load, everything queued during one turn of the gevent loop goes out in one non-blocking
-``send``. What does not fit into the socket buffer goes on when the socket is writable. Depends on
-``greenpool._green``.
+:class:`MuxWriter` is the base of a multiplexer's socket class, which sets the attributes annotated below and
+provides :meth:`MuxWriter.send_failed`. A request goes out at once while the server has at most a quarter as many
+requests to work on as wait to be sent (so the server never idles long while a batch builds up); under load,
+everything queued during one turn of the gevent loop goes out in one non-blocking ``send``. What does not fit into
+the socket buffer goes on when the socket is writable. Depends on ``greenpool._green``.
 """
 
 from __future__ import annotations
@@ -58,12 +57,16 @@ class MuxWriter:
             self.loop.run_callback(self.flush)
 
     def pushed(self, n: int = 1) -> None:
-        """Count ``n`` requests just appended to ``out`` and decide when they go: at once while the server has no
-        more requests to work on than wait here (so that it never idles while a batch builds up: at low
-        concurrency each request goes at once, under load the batches double), else with everything else
-        queued during this loop turn."""
+        """Count ``n`` requests just appended to ``out`` and decide when they go: at once when the server has
+        nothing to work on, or a quarter or less of what waits here (so that it never idles long while a batch
+        builds up), else with everything else queued during this loop turn.
+
+        From idle, batches go out as 1, 4, 20, 100... requests. Measured against sending once the server has
+        as many as wait here (1, 1, 2, 4...): 10 greenlets, Tarantool replace 1.5 KB, 64k/s against 58k/s (medians of
+        8 interleaved runs); Redis PING 83-86k/s against 73-75k/s; the same at 100 to 5000 greenlets.
+        """
         self.unsent += n
-        if self.unsent >= self.unanswered:
+        if self.unsent >= 4 * self.unanswered:
             self.send()
         else:
             self.schedule_flush()

@@ -3,7 +3,8 @@
 ``redis.Redis(connection_pool=RedisMuxPool(host=..., port=..., max_connections=10, timeout=1))`` works
 unchanged. :meth:`RedisMuxPool.get_connection` hands out a lightweight per-checkout proxy. Plain commands and
 non-transactional pipelines sent through it are queued on one shared socket (or ``connections=N`` sockets):
-a command goes out at once while the server has less work queued than waits to be sent, and under load
+a command goes out at once while the server has at most a quarter as much work queued as waits to be sent, and
+under load
 everything queued during one turn of the gevent loop goes out in one ``send``; a read watcher (a callback in
 the hub, not a greenlet) reads what arrived, parses the replies with one ``hiredis.Reader`` and, since Redis
 answers in order, hands each reply to the oldest reply slot of that socket, switching straight to the
@@ -329,7 +330,7 @@ class _MuxSocket(MuxWriter):
         counters = self.counters
         # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
         # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
-        # command at once while the server has less to do than waits here); what they send beyond that goes
+        # command at once while the server has little to do: see MuxWriter.pushed); what they send beyond that goes
         # out in one send at the end.
         self.flush_pending = True
         ready: List[_Slot] = []

@@ -1,8 +1,8 @@
 """``greenpool.TarantoolMux``: many greenlets share one auto-pipelined Tarantool connection.
 
 A :class:`TarantoolMux` speaks IPROTO itself over a non-blocking socket driven by the gevent hub's event
-loop. Every request gets its own ``sync`` number and goes out at once while the server has less work queued
-than waits to be sent; under load, requests made while the hub is busy are coalesced into one ``send``; a
+loop. Every request gets its own ``sync`` number and goes out at once while the server has at most a quarter as
+much work queued as waits to be sent; under load, requests made while the hub is busy are coalesced into one ``send``; a
 read watcher (a callback in the hub, not a greenlet) reads whatever has arrived in one
 ``recv_into``, parses the replies with one ``msgpack.Unpacker`` and switches straight to the greenlet that
 asked for each of them. No per-request Event, AsyncResult or timer: a request costs one park and one resume.
@@ -402,7 +402,7 @@ class _Conn(MuxWriter):
         shared = self.shared
         # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
         # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
-        # request at once while the server has less to do than waits here); what they send beyond that
+        # request at once while the server has little to do: see MuxWriter.pushed); what they send beyond that
         # goes out in one send at the end.
         self.flush_pending = True
         ready: List[Any] = []  # greenlet, reply body (or the error to raise), ...
