@@ -1,11 +1,11 @@
 """``greenpool.TarantoolMux``: many greenlets share one auto-pipelined Tarantool connection.
 
-A :class:`TarantoolMux` speaks IPROTO itself over a non-blocking socket driven by the gevent hub's event
-loop. Every request gets its own ``sync`` number and goes out at once while the server has at most a quarter as
-much work queued as waits to be sent; under load, requests made while the hub is busy are coalesced into one ``send``; a
-read watcher (a callback in the hub, not a greenlet) reads whatever has arrived in one
-``recv_into``, parses the replies with one ``msgpack.Unpacker`` and switches straight to the greenlet that
-asked for each of them. No per-request Event, AsyncResult or timer: a request costs one park and one resume.
+A :class:`TarantoolMux` speaks IPROTO itself over a non-blocking socket driven by the gevent hub's event loop.
+Every request gets its own ``sync`` number and goes out at once while the server has at most a quarter as much
+work queued as waits to be sent; under load, requests made while the hub is busy are coalesced into one
+``send``; a read watcher (a callback in the hub, not a greenlet) reads whatever has arrived in one
+``recv_into``, parses the replies with one ``msgpack.Unpacker`` and switches straight to the greenlet that asked
+for each of them. No per-request Event, AsyncResult or timer: a request costs one park and one resume.
 
 The methods (``ping``, ``select``, ``insert``, ``replace``, ``update``, ``upsert``, ``delete``, ``call``,
 ``eval``, ``execute``) take the arguments of tarantool-python's ``tarantool.Connection`` methods and return
