@@ -250,7 +250,7 @@ class _MuxSocket(MuxWriter):
         self.read_watcher: Any = None
         self.write_watcher: Any = None
         self.connect_done: Optional[Event] = None
-        self.view = memoryview(bytearray(_READ_SIZE))
+        self.view = memoryview(b"")  # the read buffer, made on first connect
         self.generation = _green.fork_generation()
         self.connects = self.reads = self.writes = self.bytes_out = 0
 
@@ -258,6 +258,8 @@ class _MuxSocket(MuxWriter):
         self.sock = sock
         self.loop = loop
         self.reader = reader
+        if not self.view:
+            self.view = memoryview(bytearray(_READ_SIZE))
         self.wview = None
         self.read_watcher = loop.io(sock.fileno(), 1)
         self.write_watcher = loop.io(sock.fileno(), 2)

@@ -309,7 +309,7 @@ class _Conn(MuxWriter):
         self.write_watcher: Any = None
         self.connect_done: Any = None  # [Event set when it ends, its error] while a greenlet connects
         self.unpacker: Any = None
-        self.view = memoryview(bytearray(_READ_SIZE))
+        self.view = memoryview(b"")  # the read buffer, made on first connect
         self.stage = 0
         self.end = 0
         self.fed = 0  # bytes fed to the unpacker (its stream position once they are parsed)
@@ -324,6 +324,8 @@ class _Conn(MuxWriter):
         """Start driving the connected, authenticated ``sock`` from the hub's ``loop``."""
         self.sock = sock
         self.loop = loop
+        if not self.view:
+            self.view = memoryview(bytearray(_READ_SIZE))
         self.unpacker = _new_unpacker()
         self.stage = 0
         self.header = None

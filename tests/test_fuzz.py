@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from greenpool import GeventPool, Pool, TarantoolMux, TarantoolPool
+from greenpool import GeventPool, Pool, RedisMuxPool, TarantoolMux, TarantoolPool
 from stress.servers import free_port
 
 # Nothing listens there: a constructor that tried to connect would fail loudly.
@@ -101,7 +101,12 @@ def test_tarantool_mux_constructor(data: st.DataObject) -> None:
 def url_text(scheme: str) -> st.SearchStrategy[str]:
     query_value = st.one_of(st.text(max_size=6), st.integers(-5, 10**6).map(str), st.sampled_from(["none", "1.5"]))
     query = st.lists(
-        st.tuples(st.sampled_from([*POOL_OPTIONS, "max_connections", "min_connections", "db", "x"]), query_value),
+        st.tuples(
+            st.sampled_from(
+                [*POOL_OPTIONS, "max_connections", "min_connections", "db", "connections", "max_in_flight", "x"]
+            ),
+            query_value,
+        ),
         max_size=4,
     ).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
     host = st.one_of(st.just("127.0.0.1"), st.text(max_size=8))
@@ -120,6 +125,18 @@ def test_gevent_pool_from_url(url: str) -> None:
 @given(url_text("tarantool"))
 def test_tarantool_pool_from_url(url: str) -> None:
     build(lambda: TarantoolPool.from_url(url))
+
+
+@FUZZ
+@given(url_text("redis"))
+def test_redis_mux_pool_from_url(url: str) -> None:
+    build(lambda: RedisMuxPool.from_url(url))
+
+
+@FUZZ
+@given(url_text("tarantool"))
+def test_tarantool_mux_from_url(url: str) -> None:
+    build(lambda: TarantoolMux.from_url(url))
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0?max_connections=abc", "redis://h?timeout=-1"])
