@@ -1,7 +1,8 @@
-"""The write side shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
+"""The socket I/O shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
 
-:class:`MuxWriter` is the base of a multiplexer's socket class, which sets the attributes annotated below and
-provides :meth:`MuxWriter.send_failed`. A request goes out at once while the server has at most a quarter as many
+:class:`MuxIO` is the base of a multiplexer's socket class, which sets the attributes annotated below and
+provides :meth:`MuxIO.send_failed` and :meth:`MuxIO.read_failed`; its read watcher callback starts with
+:meth:`MuxIO.receive`. A request goes out at once while the server has at most a quarter as many
 requests to work on as wait to be sent (so the server never idles long while a batch builds up); under load,
 everything queued during one turn of the gevent loop goes out in one non-blocking ``send``. What does not fit into
 the socket buffer goes on when the socket is writable. Depends on ``greenpool._green``.
@@ -13,22 +14,27 @@ from typing import Any, List, Optional
 
 from greenpool import _green
 
-__all__ = ["MuxWriter"]
+__all__ = ["MuxIO"]
 
 
-class MuxWriter:
-    """Batched, non-blocking output of one multiplexed socket (all of it runs in the hub or never blocks)."""
+class MuxIO:
+    """Non-blocking I/O of one multiplexed socket: batched output, and the read that starts each read callback
+    (all of it runs in the hub or never blocks)."""
 
     # Set by the subclass's __init__ and connect code; annotated here for the type checker.
     __slots__ = (
+        "bytes_in",
         "bytes_out",
         "flush_pending",
         "generation",
         "loop",
         "out",
+        "read_watcher",
+        "reads",
         "sock",
         "unanswered",
         "unsent",
+        "view",
         "write_watcher",
         "writes",
         "wview",
@@ -43,12 +49,41 @@ class MuxWriter:
     generation: int
     writes: int
     bytes_out: int
+    read_watcher: Any
+    view: memoryview  # the read buffer
+    reads: int
+    bytes_in: int
     unsent: int  # requests in ``out``
     unanswered: int  # requests handed to the socket whose reply has not been parsed yet
 
     def send_failed(self, exc: OSError) -> None:
         """Fail the socket after ``send`` raised ``exc`` (the subclass says how); called in the hub."""
         raise NotImplementedError
+
+    def read_failed(self, exc: Optional[OSError]) -> None:
+        """Fail the socket after ``recv`` raised ``exc``, or the server closed it (``None``); called in the hub."""
+        raise NotImplementedError
+
+    def receive(self) -> int:
+        """Read what has arrived into ``view`` (in the hub, never blocks); return how many bytes, or 0 when there
+        is nothing to parse: nothing yet, the parent's socket in a fork's child, or a failure (then
+        :meth:`read_failed` has run)."""
+        if self.generation != _green.fork_generation():
+            self.read_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
+            return 0
+        try:
+            nbytes: int = self.sock.recv_into(self.view)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self.read_failed(exc)
+            return 0
+        if not nbytes:
+            self.read_failed(None)
+            return 0
+        self.reads += 1
+        self.bytes_in += nbytes
+        return nbytes
 
     def schedule_flush(self) -> None:
         """Send what is queued at the end of this loop turn (once, however much is queued meanwhile)."""

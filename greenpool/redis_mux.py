@@ -32,7 +32,7 @@ from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from greenpool import _green
-from greenpool._mux import MuxWriter
+from greenpool._mux import MuxIO
 from greenpool._validate import check_int
 from greenpool.errors import WrongThread
 from greenpool.redis import _URL_EXTRAS, GeventPool
@@ -221,7 +221,7 @@ def _fail(counters: _Counters, slots: Sequence[_Slot], error: Any, message: str)
             hub.loop.run_callback(_resume, slot, slot.glet)
 
 
-class _MuxSocket(MuxWriter):
+class _MuxSocket(MuxIO):
     """One shared socket: the FIFO of reply slots of the commands sent on it, the output of this loop turn."""
 
     __slots__ = (
@@ -229,11 +229,8 @@ class _MuxSocket(MuxWriter):
         "connects",
         "counters",
         "fifo",
-        "read_watcher",
         "reader",
-        "reads",
         "state",
-        "view",
     )
 
     def __init__(self, counters: _Counters) -> None:
@@ -252,7 +249,7 @@ class _MuxSocket(MuxWriter):
         self.connect_done: Optional[Event] = None
         self.view = memoryview(b"")  # the read buffer, made on first connect
         self.generation = _green.fork_generation()
-        self.connects = self.reads = self.writes = self.bytes_out = 0
+        self.connects = self.reads = self.writes = self.bytes_in = self.bytes_out = 0
 
     def attach(self, sock: Any, loop: Any, reader: Any) -> None:
         self.sock = sock
@@ -307,32 +304,23 @@ class _MuxSocket(MuxWriter):
     def send_failed(self, exc: OSError) -> None:
         self.lost(f"Error while writing to socket: {exc}")
 
+    def read_failed(self, exc: Optional[OSError]) -> None:
+        self.lost("Connection closed by server." if exc is None else f"Error while reading from socket: {exc}")
+
     # -------------------------------------------------------------- input
 
     def on_readable(self) -> None:
         """Read watcher callback (in the hub): read, parse, hand each reply to its slot, then flush."""
-        if self.generation != _green.fork_generation():
-            self.read_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
-            return
-        view = self.view
-        try:
-            nbytes = self.sock.recv_into(view)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.lost(f"Error while reading from socket: {exc}")
-            return
+        nbytes = self.receive()
         if not nbytes:
-            self.lost("Connection closed by server.")
             return
-        self.reads += 1
         reader = self.reader
-        reader.feed(view, 0, nbytes)
+        reader.feed(self.view, 0, nbytes)
         fifo = self.fifo
         counters = self.counters
         # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
         # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
-        # command at once while the server has little to do: see MuxWriter.pushed); what they send beyond that goes
+        # command at once while the server has little to do: see MuxIO.pushed); what they send beyond that goes
         # out in one send at the end.
         self.flush_pending = True
         ready: List[_Slot] = []

@@ -38,7 +38,7 @@ from gevent.monkey import get_original
 from msgpack import OutOfData
 
 from greenpool import _green
-from greenpool._mux import MuxWriter
+from greenpool._mux import MuxIO
 from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
 from greenpool._validate import check_credentials, check_int, check_name, check_seconds
 from greenpool.errors import PoolClosed, WrongThread
@@ -271,27 +271,23 @@ def _switch(glet: Any, value: Any) -> None:
         logger.exception("greenpool: a greenlet resumed by TarantoolMux raised")
 
 
-class _Conn(MuxWriter):
+class _Conn(MuxIO):
     """One socket of a mux: its requests (``sync`` -> the parked greenlet, or None once it gave up), sent
     or queued for a slot; the output waiting for the next send; the reply parser's state."""
 
     __slots__ = (
         "address",
-        "bytes_in",
         "connect_done",
         "connects",
         "end",
         "fed",
         "header",
         "pending",
-        "read_watcher",
-        "reads",
         "shared",
         "skip",
         "stage",
         "state",
         "unpacker",
-        "view",
     )
 
     def __init__(self, shared: _Shared, address: Any) -> None:
@@ -371,27 +367,20 @@ class _Conn(MuxWriter):
     def send_failed(self, exc: OSError) -> None:
         self.lost(exc.errno or 0, f"send failed: {exc}")
 
+    def read_failed(self, exc: Optional[OSError]) -> None:
+        if exc is None:
+            self.lost(0, "the server closed the connection")
+        else:
+            self.lost(exc.errno or 0, f"recv failed: {exc}")
+
     # -------------------------------------------------------------- input
 
     def on_readable(self) -> None:
         """Read watcher callback (in the hub): read what arrived, resume the greenlet of each reply, flush."""
-        if self.generation != _green.fork_generation():
-            self.read_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
-            return
-        view = self.view
-        try:
-            nbytes = self.sock.recv_into(view)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.lost(exc.errno or 0, f"recv failed: {exc}")
-            return
+        nbytes = self.receive()
         if not nbytes:
-            self.lost(0, "the server closed the connection")
             return
-        self.reads += 1
-        self.bytes_in += nbytes
-        chunk = view[:nbytes]
+        chunk = self.view[:nbytes]
         if self.skip:  # the rest of a reply that could not be decoded
             skipped = min(self.skip, nbytes)
             self.skip -= skipped
@@ -404,7 +393,7 @@ class _Conn(MuxWriter):
         shared = self.shared
         # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
         # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
-        # request at once while the server has little to do: see MuxWriter.pushed); what they send beyond that
+        # request at once while the server has little to do: see MuxIO.pushed); what they send beyond that
         # goes out in one send at the end.
         self.flush_pending = True
         ready: List[Any] = []  # greenlet, reply body (or the error to raise), ...
