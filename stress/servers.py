@@ -1,21 +1,25 @@
 """Start and stop private ``redis-server`` and ``tarantool`` processes for the tests and the harness.
 
 Each server runs on a free loopback port in its own temporary directory (never the user's 6379/3301) and is
-stopped afterwards. ``kill()`` + ``start()`` restarts it on the same port, for crash tests. A missing binary
-raises :class:`ServerMissing` with the command that installs it. Depends on the standard library only.
+stopped afterwards; on Linux it also gets SIGTERM when the process that started it dies (killed, say, by a CI
+timeout), so no server outlives its run. ``kill()`` + ``start()`` restarts it on the same port, for crash tests.
+A missing binary raises :class:`ServerMissing` with the command that installs it. Depends on the standard
+library only.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 __all__ = ["ServerMissing", "RedisServer", "TarantoolServer", "free_port", "TARANTOOL_INIT"]
 
@@ -25,6 +29,24 @@ _INSTALL = {
     "redis-server": "apt-get install -y redis-server (Debian/Ubuntu; run as root or with sudo), or `make test`",
     "tarantool": "apt-get install -y tarantool (Debian/Ubuntu; run as root or with sudo), or `make test`",
 }
+
+
+def _parent_death_hook() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` that asks Linux to send the child SIGTERM when its parent dies; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:  # runs in the child between fork and exec: no allocation-heavy work here
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 class ServerMissing(RuntimeError):
@@ -78,7 +100,12 @@ class _Server:
         self._log_start = log.tell()
         try:
             self.proc = subprocess.Popen(
-                self._command(binary), cwd=self.dir, env=self._env(), stdout=log, stderr=subprocess.STDOUT
+                self._command(binary),
+                cwd=self.dir,
+                env=self._env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_parent_death_hook(),
             )
         finally:
             log.close()
