@@ -9,7 +9,15 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Tuple
 
-__all__ = ["check_callable", "check_credentials", "check_int", "check_name", "check_seconds", "check_sizes"]
+__all__ = [
+    "check_address",
+    "check_callable",
+    "check_credentials",
+    "check_int",
+    "check_name",
+    "check_seconds",
+    "check_sizes",
+]
 
 
 def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
@@ -71,3 +79,18 @@ def check_credentials(user: Any, password: Any) -> None:
         raise TypeError(f"password must be a str or None, got a {type(password).__name__}")
     if password is not None and user is None:
         raise ValueError("password was given without user: a password without a user is ignored by the server")
+
+
+def check_address(host: Any, port: Any) -> None:
+    """A TCP address (``host`` a non-empty str, ``port`` in 1..65535) or, with ``host=None``, a unix socket path
+    in ``port``; ``TypeError``/``ValueError`` otherwise."""
+    if host is None:
+        if not isinstance(port, str) or not port:
+            raise TypeError(f"port must be a unix socket path (str) when host is None, got {port!r}")
+        return
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host must be a non-empty str (or None for a unix socket), got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, got {port!r} ({type(port).__name__})")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, got {port!r}")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 from gevent import monkey
 
 from greenpool._tarantool_url import parse_url, url_bool, url_int, url_seconds, url_str
-from greenpool._validate import check_credentials, check_int, check_seconds, check_sizes
+from greenpool._validate import check_address, check_credentials, check_int, check_seconds, check_sizes
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
@@ -189,19 +189,6 @@ def _check_connection_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {**CONNECTION_DEFAULTS, **kwargs}
 
 
-def _check_address(host: Any, port: Any) -> None:
-    if host is None:
-        if not isinstance(port, str) or not port:
-            raise TypeError(f"port must be a unix socket path (str) when host is None, got {port!r}")
-        return
-    if not isinstance(host, str) or not host:
-        raise TypeError(f"host must be a non-empty str (or None for a unix socket), got {host!r}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, got {port!r} ({type(port).__name__})")
-    if not 0 < port < 65536:
-        raise ValueError(f"port must be in 1..65535, got {port!r}")
-
-
 class TarantoolPool(Pool[Any]):
     """A fair, bounded pool of ``tarantool.Connection`` objects for one process and one gevent hub.
 
@@ -248,7 +235,7 @@ class TarantoolPool(Pool[Any]):
         name: Optional[str] = None,
         **connection_kwargs: Any,
     ) -> None:
-        _check_address(host, port)
+        check_address(host, port)
         check_credentials(user, password)
         min_connections, max_connections = check_sizes(
             min_connections, max_connections, min_name="min_connections", max_name="max_connections"

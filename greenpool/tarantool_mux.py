@@ -40,7 +40,7 @@ from msgpack import OutOfData
 from greenpool import _green
 from greenpool._mux import MuxIO
 from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
-from greenpool._validate import check_credentials, check_int, check_name, check_seconds
+from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds
 from greenpool.errors import PoolClosed, WrongThread
 
 try:
@@ -679,18 +679,11 @@ class TarantoolMux:
         connect_timeout: Optional[float] = 10.0,
         name: Optional[str] = None,
     ) -> None:
+        check_address(host, port)
         if host is None:
-            if not isinstance(port, str) or not port:
-                raise TypeError(f"port must be a unix socket path (str) when host is None, got {port!r}")
             self._address: Any = port
             self._family = _socket_module.AF_UNIX
         else:
-            if not isinstance(host, str) or not host:
-                raise TypeError(f"host must be a non-empty str (or None for a unix socket), got {host!r}")
-            if isinstance(port, bool) or not isinstance(port, int):
-                raise TypeError(f"port must be an int, got {port!r} ({type(port).__name__})")
-            if not 0 < port < 65536:
-                raise ValueError(f"port must be in 1..65535, got {port!r}")
             self._address = (host, port)
             self._family = _socket_module.AF_INET6 if ":" in host else _socket_module.AF_INET
         check_credentials(user, password)
