@@ -1,11 +1,12 @@
 """The socket I/O shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
 
-:class:`MuxIO` is the base of a multiplexer's socket class, which sets the attributes annotated below and
-provides :meth:`MuxIO.send_failed` and :meth:`MuxIO.read_failed`; its read watcher callback starts with
-:meth:`MuxIO.receive`. A request goes out at once while the server has at most a quarter as many
-requests to work on as wait to be sent (so the server never idles long while a batch builds up); under load,
-everything queued during one turn of the gevent loop goes out in one non-blocking ``send``. What does not fit into
-the socket buffer goes on when the socket is writable. Depends on ``greenpool._green``.
+:class:`MuxIO` is the base of a multiplexer's socket class: it owns the socket, its watchers, the read buffer and
+the output (:meth:`MuxIO.start_io`, :meth:`MuxIO.stop_io`); the subclass provides :meth:`MuxIO.send_failed`,
+:meth:`MuxIO.read_failed` and an ``on_readable`` that starts with :meth:`MuxIO.receive`. A request goes out at once
+while the server has at most a quarter as many requests to work on as wait to be sent (so the server never idles
+long while a batch builds up); under load, everything queued during one turn of the gevent loop goes out in one
+non-blocking ``send``. What does not fit into the socket buffer goes on when the socket is writable. Depends on
+``greenpool._green``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from typing import Any, List, Optional
 
 from greenpool import _green
 
-__all__ = ["MuxIO"]
+__all__ = ["CONNECTING", "DOWN", "UP", "MuxIO"]
+
+#: Socket states.
+DOWN, CONNECTING, UP = 0, 1, 2
+
+_READ_SIZE = 256 * 1024
 
 
 class MuxIO:
     """Non-blocking I/O of one multiplexed socket: batched output, and the read that starts each read callback
     (all of it runs in the hub or never blocks)."""
 
-    # Set by the subclass's __init__ and connect code; annotated here for the type checker.
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "connects",
         "flush_pending",
         "generation",
         "loop",
@@ -32,6 +38,7 @@ class MuxIO:
         "read_watcher",
         "reads",
         "sock",
+        "state",
         "unanswered",
         "unsent",
         "view",
@@ -40,21 +47,57 @@ class MuxIO:
         "wview",
     )
 
-    sock: Any
-    loop: Any
-    out: List[Any]
-    wview: Optional[memoryview]
-    flush_pending: bool
-    write_watcher: Any
-    generation: int
-    writes: int
-    bytes_out: int
-    read_watcher: Any
-    view: memoryview  # the read buffer
-    reads: int
-    bytes_in: int
-    unsent: int  # requests in ``out``
-    unanswered: int  # requests handed to the socket whose reply has not been parsed yet
+    def __init__(self) -> None:
+        self.state = DOWN
+        self.sock: Any = None
+        self.loop: Any = None
+        self.out: List[Any] = []
+        self.unsent = 0  # requests in ``out``
+        self.unanswered = 0  # requests handed to the socket whose reply has not been parsed yet
+        self.wview: Optional[memoryview] = None  # the rest of a send that did not fit into the socket buffer
+        self.flush_pending = False
+        self.read_watcher: Any = None
+        self.write_watcher: Any = None
+        self.view = memoryview(b"")  # the read buffer, made on first connect
+        self.generation = _green.fork_generation()
+        self.connects = self.reads = self.writes = self.bytes_in = self.bytes_out = 0
+
+    def on_readable(self) -> None:
+        """Read watcher callback (in the hub): starts with :meth:`receive`, then parses (the subclass says how)."""
+        raise NotImplementedError
+
+    def start_io(self, sock: Any, loop: Any) -> None:
+        """Start driving the connected, non-blocking ``sock`` from the hub's ``loop``; the socket is up."""
+        self.sock = sock
+        self.loop = loop
+        if not self.view:
+            self.view = memoryview(bytearray(_READ_SIZE))
+        self.wview = None
+        self.read_watcher = loop.io(sock.fileno(), 1)
+        self.write_watcher = loop.io(sock.fileno(), 2)
+        self.read_watcher.start(self.on_readable)
+        self.state = UP
+        self.connects += 1
+
+    def stop_io(self, close_socket: bool = True) -> None:
+        """Stop the watchers, drop the socket (closing it unless told not to) and what waited to be sent; the
+        socket is down. Never blocks."""
+        for watcher in (self.read_watcher, self.write_watcher):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self.read_watcher = self.write_watcher = None
+        sock, self.sock = self.sock, None
+        if sock is not None and close_socket:
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
+        self.state = DOWN
+        self.wview = None
+        self.out = []
+        self.unsent = self.unanswered = 0
+        self.flush_pending = False
 
     def send_failed(self, exc: OSError) -> None:
         """Fail the socket after ``send`` raised ``exc`` (the subclass says how); called in the hub."""

@@ -32,6 +32,9 @@ from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from greenpool import _green
+from greenpool._mux import CONNECTING as _CONNECTING
+from greenpool._mux import DOWN as _DOWN
+from greenpool._mux import UP as _UP
 from greenpool._mux import MuxIO
 from greenpool._validate import check_int
 from greenpool.errors import WrongThread
@@ -51,7 +54,6 @@ __all__ = ["RedisMuxPool"]
 # The stdlib socket class even when ``socket`` is monkey-patched: the hub's watchers drive it directly.
 _RawSocket: Any = get_original("socket", "socket")
 
-_READ_SIZE = 256 * 1024
 _NOT_ENOUGH_DATA: Any = object()
 
 #: Commands that need a connection of their own: they change or depend on per-connection state, or block.
@@ -129,8 +131,6 @@ _RESUME_BATCH = 16
 
 # Slot states.
 _WAIT, _READY, _GONE = 0, 1, 2
-# Socket states.
-_DOWN, _CONNECTING, _UP = 0, 1, 2
 
 
 class _Slot:
@@ -226,62 +226,25 @@ class _MuxSocket(MuxIO):
 
     __slots__ = (
         "connect_done",
-        "connects",
         "counters",
         "fifo",
         "reader",
-        "state",
     )
 
     def __init__(self, counters: _Counters) -> None:
+        super().__init__()
         self.counters = counters
-        self.state = _DOWN
-        self.sock: Any = None
-        self.loop: Any = None
         self.reader: Any = None
         self.fifo: Deque[_Slot] = deque()
-        self.out: List[Any] = []
-        self.unsent = self.unanswered = 0
-        self.wview: Optional[memoryview] = None
-        self.flush_pending = False
-        self.read_watcher: Any = None
-        self.write_watcher: Any = None
         self.connect_done: Optional[Event] = None
-        self.view = memoryview(b"")  # the read buffer, made on first connect
-        self.generation = _green.fork_generation()
-        self.connects = self.reads = self.writes = self.bytes_in = self.bytes_out = 0
 
     def attach(self, sock: Any, loop: Any, reader: Any) -> None:
-        self.sock = sock
-        self.loop = loop
         self.reader = reader
-        if not self.view:
-            self.view = memoryview(bytearray(_READ_SIZE))
-        self.wview = None
-        self.read_watcher = loop.io(sock.fileno(), 1)
-        self.write_watcher = loop.io(sock.fileno(), 2)
-        self.read_watcher.start(self.on_readable)
-        self.state = _UP
-        self.connects += 1
+        self.start_io(sock, loop)
 
     def detach(self) -> Deque[_Slot]:
         """Stop the watchers, close the socket; return the slots that were in flight on it."""
-        for watcher in (self.read_watcher, self.write_watcher):
-            if watcher is not None:
-                watcher.stop()
-                watcher.close()
-        self.read_watcher = self.write_watcher = None
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:  # pragma: no cover
-                pass
-        self.state = _DOWN
-        self.wview = None
-        self.out = []
-        self.unsent = self.unanswered = 0
-        self.flush_pending = False
+        self.stop_io()
         self.reader = None
         fifo, self.fifo = self.fifo, deque()
         return fifo

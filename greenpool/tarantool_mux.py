@@ -38,6 +38,9 @@ from gevent.monkey import get_original
 from msgpack import OutOfData
 
 from greenpool import _green
+from greenpool._mux import CONNECTING as _CONNECTING
+from greenpool._mux import DOWN as _DOWN
+from greenpool._mux import UP as _UP
 from greenpool._mux import MuxIO
 from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
 from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds
@@ -107,7 +110,6 @@ ITERATORS: Dict[str, int] = {
     "NEIGHBOR": 11,
 }
 
-_READ_SIZE = 256 * 1024
 #: Replies parsed before their greenlets are resumed (see greenpool.redis_mux._RESUME_BATCH).
 _RESUME_BATCH = 16
 _MISSING: Any = object()
@@ -119,9 +121,6 @@ _URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
     "connect_timeout": url_seconds,
     "name": url_str,
 }
-
-# Connection states.
-_DOWN, _CONNECTING, _UP = 0, 1, 2
 
 
 # ---------------------------------------------------------------------- errors
@@ -278,7 +277,6 @@ class _Conn(MuxIO):
     __slots__ = (
         "address",
         "connect_done",
-        "connects",
         "end",
         "fed",
         "header",
@@ -286,71 +284,35 @@ class _Conn(MuxIO):
         "shared",
         "skip",
         "stage",
-        "state",
         "unpacker",
     )
 
     def __init__(self, shared: _Shared, address: Any) -> None:
+        super().__init__()
         self.shared = shared
         self.address = address
-        self.state = _DOWN
-        self.sock: Any = None
-        self.loop: Any = None
         self.pending: Dict[int, Any] = {}
-        self.out: List[bytes] = []
-        self.unsent = self.unanswered = 0
-        self.wview: Optional[memoryview] = None
-        self.flush_pending = False
-        self.read_watcher: Any = None
-        self.write_watcher: Any = None
         self.connect_done: Any = None  # [Event set when it ends, its error] while a greenlet connects
         self.unpacker: Any = None
-        self.view = memoryview(b"")  # the read buffer, made on first connect
         self.stage = 0
         self.end = 0
         self.fed = 0  # bytes fed to the unpacker (its stream position once they are parsed)
         self.skip = 0  # bytes still to drop: the rest of a reply that could not be decoded
         self.header: Any = None
-        self.generation = _green.fork_generation()
-        self.connects = self.reads = self.writes = self.bytes_in = self.bytes_out = 0
 
     # -------------------------------------------------------------- wiring (called by the mux)
 
     def attach(self, sock: Any, loop: Any) -> None:
         """Start driving the connected, authenticated ``sock`` from the hub's ``loop``."""
-        self.sock = sock
-        self.loop = loop
-        if not self.view:
-            self.view = memoryview(bytearray(_READ_SIZE))
         self.unpacker = _new_unpacker()
         self.stage = 0
         self.header = None
         self.fed = self.skip = 0
-        self.wview = None
-        self.read_watcher = loop.io(sock.fileno(), 1)
-        self.write_watcher = loop.io(sock.fileno(), 2)
-        self.read_watcher.start(self.on_readable)
-        self.state = _UP
-        self.connects += 1
+        self.start_io(sock, loop)
 
     def detach(self, close_socket: bool) -> Dict[int, Any]:
         """Stop the watchers, drop (and optionally close) the socket; return the requests that were in flight."""
-        for watcher in (self.read_watcher, self.write_watcher):
-            if watcher is not None:
-                watcher.stop()
-                watcher.close()
-        self.read_watcher = self.write_watcher = None
-        sock, self.sock = self.sock, None
-        if sock is not None and close_socket:
-            try:
-                sock.close()
-            except OSError:  # pragma: no cover
-                pass
-        self.state = _DOWN
-        self.wview = None
-        self.out = []
-        self.unsent = self.unanswered = 0
-        self.flush_pending = False
+        self.stop_io(close_socket)
         self.unpacker = None
         pending, self.pending = self.pending, {}
         return pending
