@@ -285,14 +285,15 @@ class _RedisPoolContender(Contender):
 class GreenpoolRedis(_RedisPoolContender):
     name = "greenpool"
     help = "greenpool.GeventPool (fair FIFO hand-off)"
+    #: Where the pool class lives.
+    module, class_name = "greenpool.redis", "GeventPool"
 
     def unavailable(self) -> Optional[str]:
-        return _import_error("greenpool.redis", "GeventPool")
+        return _import_error(self.module, self.class_name)
 
     def make_pool(self, target: RedisTarget, connection_class: Any, max_connections: int, timeout: float) -> Any:
-        from greenpool.redis import GeventPool
-
-        return GeventPool(
+        pool_class = getattr(importlib.import_module(self.module), self.class_name)
+        return pool_class(
             max_connections=max_connections,
             timeout=timeout,
             connection_class=connection_class,
@@ -300,22 +301,10 @@ class GreenpoolRedis(_RedisPoolContender):
         )
 
 
-class GreenpoolRedisMux(_RedisPoolContender):
+class GreenpoolRedisMux(GreenpoolRedis):
     name = "mux"
     help = "greenpool.RedisMuxPool, one auto-pipelined socket shared by every greenlet"
-
-    def unavailable(self) -> Optional[str]:
-        return _import_error("greenpool.redis_mux", "RedisMuxPool")
-
-    def make_pool(self, target: RedisTarget, connection_class: Any, max_connections: int, timeout: float) -> Any:
-        from greenpool.redis_mux import RedisMuxPool
-
-        return RedisMuxPool(
-            max_connections=max_connections,
-            timeout=timeout,
-            connection_class=connection_class,
-            **target.connection_kwargs,
-        )
+    module, class_name = "greenpool.redis_mux", "RedisMuxPool"
 
 
 class RedisBlocking(_RedisPoolContender):
