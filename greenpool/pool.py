@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Tuple, T
 
 from greenpool import _green
 from greenpool._validate import check_callable, check_int, check_name, check_seconds, check_sizes
-from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection, WrongThread
+from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.stats import Counters
 
 __all__ = ["Pool", "PooledConnection"]
@@ -214,17 +214,12 @@ class Pool(Generic[C]):
 
     def _bind(self) -> None:
         """Tie the pool to the current thread's hub on first use; refuse any other thread after that."""
-        ident = _green.thread_ident()
+        ident = _green.claim_thread(self._thread, self.name, "Create one pool per thread.")
         if self._thread is None:
             self._thread = ident
             self._hub = _green.get_hub()
             self._loop = self._hub.loop
             self._start_maintenance()
-        elif self._thread != ident:
-            raise WrongThread(
-                f"{self.name} belongs to the gevent hub of thread {self._thread}; "
-                f"it was used from thread {ident}. Create one pool per thread."
-            )
 
     def _after_fork(self) -> None:
         """Run in a child process right after ``os.fork()``: start empty, detach what the parent holds."""

@@ -37,7 +37,6 @@ from greenpool._mux import DOWN as _DOWN
 from greenpool._mux import UP as _UP
 from greenpool._mux import MuxIO
 from greenpool._validate import check_int
-from greenpool.errors import WrongThread
 from greenpool.redis import _URL_EXTRAS, GeventPool
 
 try:
@@ -635,13 +634,8 @@ class RedisMuxPool(GeventPool):
 
     def _bind(self) -> None:
         """Tie the shared sockets to the current thread's hub on first use; refuse any other thread after that."""
-        ident = _green.thread_ident()
-        if self._thread is not None:
-            raise WrongThread(
-                f"{self._pool.name}'s shared sockets belong to the gevent hub of thread {self._thread}; they were used "
-                f"from thread {ident}. Create one RedisMuxPool per thread."
-            )
-        self._thread = ident
+        advice = "Create one RedisMuxPool per thread: its shared sockets belong to one hub."
+        self._thread = _green.claim_thread(self._thread, self._pool.name, advice)
         self._hub = _green.get_hub()
         timeout = self._socket_timeout
         if timeout:

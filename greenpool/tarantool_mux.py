@@ -44,7 +44,7 @@ from greenpool._mux import UP as _UP
 from greenpool._mux import MuxIO
 from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
 from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds
-from greenpool.errors import PoolClosed, WrongThread
+from greenpool.errors import PoolClosed
 
 try:
     from tarantool.error import DatabaseError, NetworkError
@@ -710,7 +710,7 @@ class TarantoolMux:
 
     def _bind(self) -> None:
         """Tie the mux to the current thread's hub on first use; refuse any other thread after that."""
-        ident = _green.thread_ident()
+        ident = _green.claim_thread(self._thread, self.name, "Create one TarantoolMux per thread.")
         if self._thread is None:
             self._thread = ident
             self._hub = _green.get_hub()
@@ -720,11 +720,6 @@ class TarantoolMux:
                 timer = self._loop.timer(tick, tick, ref=False)
                 timer.start(_sweep_soon, weakref.ref(self))
                 self._timers.append(timer)
-        elif self._thread != ident:
-            raise WrongThread(
-                f"{self.name} belongs to the gevent hub of thread {self._thread}; it was used from thread "
-                f"{ident}. Create one TarantoolMux per thread."
-            )
 
     def _after_fork(self) -> None:
         # The parent's sockets stay untouched: stop our watchers in the child's (reinitialised) loop and
