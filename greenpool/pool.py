@@ -58,15 +58,37 @@ _SLOT = _Slot()
 
 
 class _Entry:
-    """A connection and what the pool knows about it."""
+    """A connection and what the pool knows about it.
 
-    __slots__ = ("conn", "expires", "last_used", "leak_timer")
+    While the connection is idle, ``watcher`` (an event-loop read watcher on ``sock``, made by the pool's
+    ``socket`` hook) notices the server closing it or sending anything; its callback sets ``stirred``,
+    and the next checkout checks the connection before handing it out.
+    """
+
+    __slots__ = ("conn", "expires", "last_used", "leak_timer", "sock", "stirred", "watcher")
 
     def __init__(self, conn: Any, expires: float, now: float) -> None:
         self.conn = conn
         self.expires = expires
         self.last_used = now
         self.leak_timer: Any = None
+        self.sock: Any = None
+        self.watcher: Any = None
+        self.stirred = False
+
+    def unwatch(self) -> None:
+        """Close the idle watcher, if any (before the socket is closed, or the entry dropped)."""
+        watcher, self.watcher, self.sock = self.watcher, None, None
+        if watcher is not None:
+            watcher.close()
+
+
+def _on_idle_readable(entry: _Entry) -> None:
+    """Idle watcher callback (runs in the hub): the server closed the idle connection or sent something."""
+    entry.stirred = True
+    watcher = entry.watcher
+    if watcher is not None:
+        watcher.stop()  # one-shot: the next checkout checks the connection
 
 
 class _Waiter:
@@ -133,6 +155,11 @@ class Pool(Generic[C]):
     - ``keep_on``: exception classes (or a predicate ``f(exc) -> bool``) that leave a connection reusable
       when they escape a ``with pool.connection()`` block (e.g. a server's error reply); any other
       exception discards the connection.
+    - ``socket``: ``socket(conn)`` returns the connection's socket object (anything with ``fileno()``), or
+      ``None`` when it has none (not connected). While a connection sits idle, the event loop watches that
+      socket (no system call per checkout); when the server closes it (a restart, a failover, an idle
+      timeout) or sends anything, the next checkout runs ``check`` on it whatever ``check_after_idle`` says,
+      so a dead connection is replaced before a command fails on it. Default: no watching.
     - ``detach``: called in a child process, right after ``os.fork()``, for each connection inherited from
       the parent (idle or in use); it must close the child's copy of the socket without telling the server
       (e.g. redis-py's ``disconnect()``, which skips ``shutdown()`` in another process). Greenlets inherited
@@ -168,6 +195,7 @@ class Pool(Generic[C]):
         max_waiting: int = 0,
         keep_on: Union[Tuple[Type[BaseException], ...], Callable[[BaseException], bool]] = (),
         detach: Optional[Callable[[C], Any]] = None,
+        socket: Optional[Callable[[C], Any]] = None,
         name: Optional[str] = None,
     ) -> None:
         self._create = check_callable("create", create, allow_none=False)
@@ -182,6 +210,7 @@ class Pool(Generic[C]):
         self.max_waiting = check_int("max_waiting", max_waiting)
         self.keep_on = _check_keep_on(keep_on)
         self._detach = check_callable("detach", detach)
+        self._socket = check_callable("socket", socket)
         self.name = check_name(name) or f"pool-{id(self):x}"
         self._closed = False
         self._stats = Counters()
@@ -204,6 +233,7 @@ class Pool(Generic[C]):
         self._expiry_timeout: Optional[float] = None
         self._deadline_timer: Any = None
         self._nwaiting = 0  # live waiters (the deque also holds gone ones, skipped lazily)
+        self._nhanding = 0  # waiters handed something that have not resumed yet
         self._ngone = 0
         self._size = 0  # open connections + slots being filled
         self._in_use: Dict[int, _Entry] = {}
@@ -224,6 +254,8 @@ class Pool(Generic[C]):
     def _after_fork(self) -> None:
         """Run in a child process right after ``os.fork()``: start empty, detach what the parent holds."""
         inherited = [*self._idle_list, *self._in_use.values()]
+        for entry in inherited:
+            entry.unwatch()  # the watchers belong to the parent's loop
         self._orphans = dict(self._in_use)
         self._finalizer.detach()
         for timer in (self._maint_timer, self._deadline_timer):
@@ -341,6 +373,7 @@ class Pool(Generic[C]):
             # Woken by a timer (state _GONE): the time is up.
             self._timed_out(waited_ms / 1000.0)
         waiter.state = _DONE
+        self._nhanding -= 1
         value = waiter.value
         if isinstance(value, BaseException):
             raise value
@@ -390,6 +423,7 @@ class Pool(Generic[C]):
             # Handed something, but interrupted before it could resume: cancel the wake-up, pass it on.
             waiter.wake.stop()
             waiter.state = _GONE
+            self._nhanding -= 1
             value, waiter.value = waiter.value, None
             if isinstance(value, _Entry):
                 self._put_back(value)
@@ -414,6 +448,7 @@ class Pool(Generic[C]):
                 waiter.state = _GIVEN
                 waiter.value = value
                 self._nwaiting -= 1
+                self._nhanding += 1
                 waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
                 expiry = self._expiry
                 while expiry and expiry[0].state != _WAITING:
@@ -428,8 +463,9 @@ class Pool(Generic[C]):
         raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
 
     def _state_text(self) -> str:
+        handing = f"{self._nhanding} being handed over, " if self._nhanding else ""
         return (
-            f"{self.name}: {len(self._in_use)}/{self.max_size} in use, "
+            f"{self.name}: {len(self._in_use)}/{self.max_size} in use, {handing}"
             f"{len(self._idle_list)} idle, {self._nwaiting} waiting"
         )
 
@@ -453,12 +489,18 @@ class Pool(Generic[C]):
 
     def _usable(self, entry: _Entry) -> bool:
         """Tell whether an idle entry may be handed out; close it (keeping its slot) when not."""
+        if entry.watcher is not None:
+            entry.watcher.stop()
         now = _green.monotonic()
         if now >= entry.expires:
             self._close_entry(entry)
             return False
         after = self.check_after_idle
-        if self._check is None or after is None or now - entry.last_used < after:
+        if self._check is None:
+            return True
+        if entry.stirred:  # the server closed it or sent something while it was idle: check it now
+            entry.stirred = False
+        elif after is None or now - entry.last_used < after:
             return True
         try:
             ok = self._check(entry.conn)
@@ -526,6 +568,30 @@ class Pool(Generic[C]):
         entry.last_used = now
         if not (self._nwaiting and self._hand_off(entry)):
             self._idle_list.append(entry)
+            if self._socket is not None:
+                self._watch_idle(entry)
+
+    def _watch_idle(self, entry: _Entry) -> None:
+        """Watch an idle connection's socket for the server closing it (or sending anything)."""
+        try:
+            sock = self._socket(entry.conn)
+        except Exception:
+            sock = None
+        watcher = entry.watcher
+        if watcher is not None and entry.sock is sock:
+            watcher.start(_on_idle_readable, entry)
+            return
+        # A new socket (the connection reconnected), or none: a new watcher, so that the loop registers the
+        # descriptor afresh even when its number is the old one's.
+        entry.unwatch()
+        try:
+            fd = -1 if sock is None else sock.fileno()
+        except Exception:
+            fd = -1
+        if fd >= 0:
+            watcher = entry.watcher = self._loop.io(fd, 1, ref=False)
+            entry.sock = sock
+            watcher.start(_on_idle_readable, entry)
 
     def _free_slot(self) -> None:
         """A connection was closed (or never made): let the oldest waiter create one in its place."""
@@ -537,6 +603,7 @@ class Pool(Generic[C]):
 
     def _close_entry(self, entry: _Entry) -> None:
         """Close a connection whose slot the caller accounts for (not counted in ``_size`` here)."""
+        entry.unwatch()
         self._stats.connections_closed += 1
         _close_quietly(self._close_conn_fn(), entry.conn, self.name)
 
@@ -675,6 +742,11 @@ class Pool(Generic[C]):
         return len(self._in_use)
 
     @property
+    def handing_over(self) -> int:
+        """Connections (or free slots) handed to waiting greenlets that have not resumed yet."""
+        return self._nhanding
+
+    @property
     def waiting(self) -> int:
         """Greenlets queued for a connection."""
         return self._nwaiting
@@ -691,7 +763,9 @@ class Pool(Generic[C]):
         """Return a snapshot of the pool as a plain dict.
 
         Gauges: ``name``, ``pool_min``, ``pool_max``, ``pool_size`` (open connections), ``pool_available``
-        (idle), ``in_use``, ``requests_waiting``. Totals since creation (or the last :meth:`pop_stats`):
+        (idle), ``in_use``, ``pool_handing_over`` (connections or free slots handed to waiting greenlets that
+        have not resumed yet: neither idle nor in use), ``requests_waiting``. Totals since creation (or the
+        last :meth:`pop_stats`):
         ``requests_num`` (checkouts asked for), ``requests_queued`` (had to wait), ``requests_wait_ms``,
         ``requests_errors`` (failed checkouts), ``requests_timeouts``, ``requests_rejected`` (max_waiting),
         ``connections_num`` (made), ``connections_ms`` (time spent making them), ``connections_errors``
@@ -706,6 +780,7 @@ class Pool(Generic[C]):
             "pool_size": self._size,
             "pool_available": len(self._idle_list),
             "in_use": len(self._in_use),
+            "pool_handing_over": self._nhanding,
             "requests_waiting": self._nwaiting,
         }
         out.update(self._stats.snapshot())
@@ -757,7 +832,9 @@ def _close_quietly(close: Callable[[Any], Any], conn: Any, name: str) -> None:
 def _close_idle(idle: Any, close: Callable[[Any], Any]) -> None:
     entries = idle.queue
     while entries:
-        _close_quietly(close, entries.pop().conn, "finalizer")
+        entry = entries.pop()
+        entry.unwatch()
+        _close_quietly(close, entry.conn, "finalizer")
 
 
 def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:

@@ -11,6 +11,7 @@ Depends on redis-py (>= 8.0) and ``greenpool.pool``; imported only when ``greenp
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 import weakref
@@ -198,6 +199,7 @@ class GeventPool(ConnectionPool):
             _disconnect,
             lambda conn: _deref(ref)._usable(conn),
             detach=_disconnect,  # in a fork's child, redis-py closes only the child's copy of the socket
+            socket=_socket_of,  # idle connections are watched: a server that closes one is noticed at once
             max_size=self.max_connections,
             timeout=self._timeout,
             **settings,
@@ -421,6 +423,10 @@ def _deref(ref: weakref.ReferenceType[GeventPool]) -> GeventPool:
 
 def _disconnect(connection: Any) -> None:
     connection.disconnect()
+
+
+#: The socket of a redis-py connection (``None`` while disconnected), watched by the core while it is idle.
+_socket_of = operator.attrgetter("_sock")
 
 
 def _default_name(kwargs: Dict[str, Any]) -> str:

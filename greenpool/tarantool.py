@@ -17,6 +17,7 @@ which is imported when this module is (``greenpool.TarantoolPool`` imports it on
 from __future__ import annotations
 
 import inspect
+import operator
 import sys
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -113,6 +114,10 @@ def _detach(conn: Any) -> None:
     """In a fork's child: close the child's copy of the socket. ``Connection.close()`` only closes the file
     descriptor (no shutdown, nothing sent), so the parent's connection is untouched."""
     conn.close()
+
+
+#: The socket of a tarantool-python connection (``None`` once closed), watched by the core while it is idle.
+_socket_of = operator.attrgetter("_socket")
 
 
 def _ping(conn: Any) -> Any:
@@ -258,6 +263,7 @@ class TarantoolPool(Pool[Any]):
             max_waiting=max_waiting,
             keep_on=_keeps_connection,
             detach=_detach,
+            socket=_socket_of,
             name=name,
         )
         _warn_if_unpatched()

@@ -753,3 +753,134 @@ def test_core_imports_without_redis_or_tarantool() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------- hand-over accounting and idle watching
+
+
+def test_connections_being_handed_over_are_counted_and_named() -> None:
+    pool = make_pool(max_size=2, timeout=5, name="orders")
+    held = [pool.acquire(), pool.acquire()]
+    waiters = [gevent.spawn(pool.acquire) for _ in range(3)]
+    wait_until(lambda: pool.waiting == 3)
+    for conn in held:
+        pool.release(conn)  # handed to the two oldest waiters, which have not run yet
+    assert pool.handing_over == 2 and pool.in_use == 0 and pool.idle == 0 and pool.waiting == 1
+    assert pool.get_stats()["pool_handing_over"] == 2
+    with pytest.raises(PoolTimeout) as info:
+        pool.acquire(0)
+    assert "orders: 0/2 in use, 2 being handed over, 0 idle, 1 waiting" in str(info.value)
+    first, second = waiters[0].get(timeout=5), waiters[1].get(timeout=5)
+    assert pool.handing_over == 0 and pool.in_use == 2
+    waiters[2].kill(block=False)  # the kill lands after the hand-off below, before the waiter resumes
+    pool.release(first)  # handed to the third waiter
+    assert pool.handing_over == 1
+    waiters[2].join(5)  # it passed the connection on to the idle stack
+    assert pool.handing_over == 0 and pool.idle == 1
+    pool.release(second)
+    accounted(pool)
+
+
+class SocketConn(Conn):
+    """A fake connection over a real socket pair; ``peer`` is the server's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import socket
+
+        self.sock, self.peer = socket.socketpair()
+
+    def reconnect(self) -> None:
+        self.close()
+        import socket
+
+        self.sock, self.peer = socket.socketpair()
+        self.closed = False
+
+    def close(self) -> None:
+        super().close()
+        self.sock.close()
+        self.peer.close()
+
+    def alive(self) -> bool:
+        try:
+            return self.sock.recv(1, __import__("socket").MSG_PEEK | __import__("socket").MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+
+def watched_pool(**kw: object) -> Pool[SocketConn]:
+    checks: list = []
+
+    def check(conn: SocketConn) -> bool:
+        checks.append(conn)
+        return conn.alive()
+
+    kw.setdefault("check_after_idle", None)  # never by idle time: only the watcher can trigger a check
+    pool: Pool[SocketConn] = Pool(
+        SocketConn, check=check, socket=lambda c: None if c.closed else c.sock, max_size=2, timeout=1, **kw
+    )  # type: ignore[arg-type]
+    pool.checks = checks  # type: ignore[attr-defined]
+    return pool
+
+
+def test_idle_connection_closed_by_the_server_is_checked_and_replaced() -> None:
+    pool = watched_pool()
+    a = pool.acquire()
+    pool.release(a)
+    b = pool.acquire()
+    assert b is a and pool.checks == []  # nothing happened: no check on the hot path
+    pool.release(a)
+    a.peer.close()  # the server goes away while the connection is idle
+    wait_until(lambda: pool._idle_list[0].stirred)
+    c = pool.acquire()
+    assert c is not a and a.closed and pool.checks == [a]
+    assert pool.get_stats()["checks_failed"] == 1
+    pool.release(c)
+    pool.close()
+    assert c.closed and pool._idle_list == []
+
+
+def test_idle_data_from_the_server_triggers_a_check_but_a_healthy_connection_stays() -> None:
+    pool = watched_pool()
+    a = pool.acquire()
+    pool.release(a)
+    a.peer.send(b"+push\r\n")
+    wait_until(lambda: pool._idle_list[0].stirred)
+    assert pool.acquire() is a and pool.checks == [a]  # the check said it is fine
+    a.sock.recv(100)
+    pool.release(a)
+    assert pool.acquire() is a and pool.checks == [a]  # no news: no check
+    pool.release(a)
+    pool.close()
+
+
+def test_a_reconnected_connection_is_watched_on_its_new_socket() -> None:
+    pool = watched_pool()
+    a = pool.acquire()
+    pool.release(a)
+    first = pool._idle_list[0].watcher
+    a = pool.acquire()
+    a.reconnect()
+    pool.release(a)
+    entry = pool._idle_list[0]
+    assert entry.watcher is not first and entry.sock is a.sock and not entry.watcher.ref
+    a.peer.close()
+    wait_until(lambda: entry.stirred)
+    b = pool.acquire()
+    assert b is not a and a.closed
+    pool.release(b)
+    pool.close()
+    assert b.closed
+
+
+def test_a_connection_without_a_socket_is_not_watched() -> None:
+    pool = watched_pool()
+    a = pool.acquire()
+    a.close()
+    a.closed = True
+    pool.release(a)
+    assert pool._idle_list[0].watcher is None
+    pool.close()
