@@ -1,15 +1,24 @@
 """greenpool: fair, interruption-safe connection pools for gevent.
 
-``Pool`` (the generic core) and the errors import with gevent alone; ``GeventPool`` and ``RedisMuxPool``
-(redis-py), ``TarantoolPool`` and ``TarantoolMux`` (tarantool-python) are imported on first access, so their
-clients are only needed by those who use them.
+``Pool`` (the generic core), ``deadline`` (a request deadline the pools can see) and the errors import with
+gevent alone; ``GeventPool`` and ``RedisMuxPool`` (redis-py), ``TarantoolPool`` and ``TarantoolMux``
+(tarantool-python) are imported on first access, so their clients are only needed by those who use them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from greenpool.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting, UnknownConnection, WrongThread
+from greenpool._deadline import deadline, remaining
+from greenpool.errors import (
+    ConnectTimeout,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiting,
+    UnknownConnection,
+    WrongThread,
+)
 from greenpool.pool import Pool, PooledConnection
 
 if TYPE_CHECKING:
@@ -21,6 +30,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConnectTimeout",
     "GeventPool",
     "Pool",
     "PoolClosed",
@@ -33,6 +43,8 @@ __all__ = [
     "TooManyWaiting",
     "UnknownConnection",
     "WrongThread",
+    "deadline",
+    "remaining",
 ]
 
 _LAZY = {

@@ -15,10 +15,14 @@ from typing import Any, List, Optional
 
 from greenpool import _green
 
-__all__ = ["CONNECTING", "DOWN", "UP", "MuxIO"]
+__all__ = ["CONNECTING", "DOWN", "MAX_MUX_CONNECTIONS", "UP", "MuxIO"]
 
 #: Socket states.
 DOWN, CONNECTING, UP = 0, 1, 2
+
+#: The most shared sockets one multiplexer spreads its requests over (``connections``): each is a server
+#: connection and a few objects made up front; a few per CPU core of the server are what helps.
+MAX_MUX_CONNECTIONS = 1024
 
 _READ_SIZE = 256 * 1024
 

@@ -12,6 +12,7 @@ from typing import Any, Optional, Tuple
 __all__ = [
     "check_address",
     "check_callable",
+    "check_choice",
     "check_credentials",
     "check_int",
     "check_name",
@@ -20,12 +21,14 @@ __all__ = [
 ]
 
 
-def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    """Return ``value`` if it is an ``int`` (not a ``bool``) not below ``minimum``."""
+def check_int(name: str, value: Any, *, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) not below ``minimum`` (nor above ``maximum``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return value
 
 
@@ -42,6 +45,17 @@ def check_seconds(name: str, value: Any, *, allow_none: bool = True, allow_zero:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return seconds
+
+
+def check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices`` (strings)."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r} ({type(value).__name__})"
+        )
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def check_callable(name: str, value: Any, *, allow_none: bool = True) -> Any:

@@ -1,6 +1,6 @@
 """Exceptions raised by greenpool.
 
-One root, :class:`PoolError`, and a leaf for each way a checkout or a release can fail. Adapters
+One root, :class:`PoolError`, and a leaf for each way a checkout, a connect or a release can fail. Adapters
 (``greenpool.redis``, ``greenpool.tarantool``) subclass these leaves together with their client's own
 errors, so code that already catches the client's exceptions keeps working. Depends on nothing.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "PoolError",
     "PoolTimeout",
+    "ConnectTimeout",
     "PoolClosed",
     "TooManyWaiting",
     "UnknownConnection",
@@ -23,6 +24,10 @@ class PoolError(Exception):
 
 class PoolTimeout(PoolError):
     """No connection became available within the checkout timeout."""
+
+
+class ConnectTimeout(PoolError):
+    """A new connection was not ready within the connect bound; the message names the server and the stage."""
 
 
 class PoolClosed(PoolError):

@@ -17,12 +17,12 @@ import os
 import random
 import traceback
 import weakref
-from collections import deque
 from types import TracebackType
-from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
 
 from greenpool import _green
-from greenpool._validate import check_callable, check_int, check_name, check_seconds, check_sizes
+from greenpool._validate import check_callable, check_choice, check_int, check_name, check_seconds, check_sizes
+from greenpool._waitqueue import EXPIRED, POLICIES, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.stats import Counters
 
@@ -40,9 +40,6 @@ class _Unset:
 
 #: Marker for "use the pool's own setting".
 UNSET: Any = _Unset()
-
-# Waiter states.
-_WAITING, _GIVEN, _DONE, _GONE = 0, 1, 2, 3
 
 
 class _Slot:
@@ -65,12 +62,13 @@ class _Entry:
     and the next checkout checks the connection before handing it out.
     """
 
-    __slots__ = ("conn", "expires", "last_used", "leak_timer", "sock", "stirred", "watcher")
+    __slots__ = ("conn", "expires", "last_used", "leak_timer", "sock", "stirred", "taken", "watcher")
 
     def __init__(self, conn: Any, expires: float, now: float) -> None:
         self.conn = conn
         self.expires = expires
         self.last_used = now
+        self.taken = now  # when it was last checked out
         self.leak_timer: Any = None
         self.sock: Any = None
         self.watcher: Any = None
@@ -89,20 +87,6 @@ def _on_idle_readable(entry: _Entry) -> None:
     watcher = entry.watcher
     if watcher is not None:
         watcher.stop()  # one-shot: the next checkout checks the connection
-
-
-class _Waiter:
-    """A greenlet queued for a connection; ``value`` is what it was handed, ``wake`` the hub callback that
-    resumes it, ``deadline`` when it gives up (for waiters on the shared deadline timer)."""
-
-    __slots__ = ("deadline", "greenlet", "state", "value", "wake")
-
-    def __init__(self, greenlet: Any) -> None:
-        self.greenlet = greenlet
-        self.state = _WAITING
-        self.value: Any = None
-        self.wake: Any = None
-        self.deadline = 0.0
 
 
 class PooledConnection(Generic[C]):
@@ -165,6 +149,10 @@ class Pool(Generic[C]):
       (e.g. redis-py's ``disconnect()``, which skips ``shutdown()`` in another process). Greenlets inherited
       from the parent that were reading such a socket then fail instead of stealing the parent's replies.
       Default: leave the inherited connections alone.
+    - ``queue_policy``: who is served first when greenlets wait (see :class:`greenpool._waitqueue.WaitQueue`):
+      ``"adaptive"`` (default: first come, first served while waiters are served in time, newest first while
+      the queue is full of waiters that give up before their turn), ``"fifo"`` (always first come, first
+      served) or ``"lifo"`` (always newest first).
     - ``name``: shown in ``repr``, log records and errors.
 
     A pool belongs to the first thread (gevent hub) that checks a connection out; using it from another
@@ -196,6 +184,7 @@ class Pool(Generic[C]):
         keep_on: Union[Tuple[Type[BaseException], ...], Callable[[BaseException], bool]] = (),
         detach: Optional[Callable[[C], Any]] = None,
         socket: Optional[Callable[[C], Any]] = None,
+        queue_policy: str = "adaptive",
         name: Optional[str] = None,
     ) -> None:
         self._create = check_callable("create", create, allow_none=False)
@@ -211,6 +200,7 @@ class Pool(Generic[C]):
         self.keep_on = _check_keep_on(keep_on)
         self._detach = check_callable("detach", detach)
         self._socket = check_callable("socket", socket)
+        self.queue_policy = check_choice("queue_policy", queue_policy, POLICIES)
         self.name = check_name(name) or f"pool-{id(self):x}"
         self._closed = False
         self._stats = Counters()
@@ -226,15 +216,7 @@ class Pool(Generic[C]):
         """(Re)initialise the per-process state: at construction and in a child process after a fork."""
         self._idle: Any = _green.LifoQueue()
         self._idle_list: List[_Entry] = self._idle.queue  # the stack itself, for reaping and counting
-        self._waiters: Deque[_Waiter] = deque()
-        # Waiters that share one timeout are also queued here, in arrival order, so their deadlines are in
-        # order too and one timer, armed for the oldest, expires them all (no timer per wait).
-        self._expiry: Deque[_Waiter] = deque()
-        self._expiry_timeout: Optional[float] = None
-        self._deadline_timer: Any = None
-        self._nwaiting = 0  # live waiters (the deque also holds gone ones, skipped lazily)
-        self._nhanding = 0  # waiters handed something that have not resumed yet
-        self._ngone = 0
+        self._queue = WaitQueue(self.queue_policy, self._refused)
         self._size = 0  # open connections + slots being filled
         self._in_use: Dict[int, _Entry] = {}
         self._thread: Optional[int] = None
@@ -249,6 +231,7 @@ class Pool(Generic[C]):
             self._thread = ident
             self._hub = _green.get_hub()
             self._loop = self._hub.loop
+            self._queue.bind(self._hub)
             self._start_maintenance()
 
     def _after_fork(self) -> None:
@@ -258,9 +241,9 @@ class Pool(Generic[C]):
             entry.unwatch()  # the watchers belong to the parent's loop
         self._orphans = dict(self._in_use)
         self._finalizer.detach()
-        for timer in (self._maint_timer, self._deadline_timer):
-            if timer is not None:
-                timer.close()
+        if self._maint_timer is not None:
+            self._maint_timer.close()
+        self._queue.close()
         self._reset()
         self._finalizer = weakref.finalize(self, _close_idle, self._idle, self._close_conn_fn())
         if self._detach is not None:
@@ -301,10 +284,11 @@ class Pool(Generic[C]):
         elif timeout is not None:
             timeout = check_seconds("timeout", timeout)
         value: Any
-        if self._nwaiting == 0 and self._idle_list:
+        nwaiting = self._queue.nwaiting
+        if nwaiting == 0 and self._idle_list:
             value = self._idle_list.pop()
             stats.waits_ms.append(0.0)
-        elif self._nwaiting == 0 and self._size < self.max_size:
+        elif nwaiting == 0 and self._size < self.max_size:
             self._size += 1
             value = _SLOT
             stats.waits_ms.append(0.0)
@@ -329,55 +313,41 @@ class Pool(Generic[C]):
         return entry.conn  # type: ignore[no-any-return]
 
     def _wait(self, timeout: Optional[float]) -> Any:
-        """Queue behind the current waiters; return the entry or slot handed to us, or raise."""
+        """Queue for a connection; return the entry or slot handed to us, or raise."""
         stats = self._stats
-        if self.max_waiting and self._nwaiting >= self.max_waiting:
+        queue = self._queue
+        if self.max_waiting and queue.nwaiting >= self.max_waiting:
             stats.requests_rejected += 1
             stats.requests_errors += 1
             raise self.too_many_waiting_error(
-                f"No connection available. {self._nwaiting} greenlets already waiting "
+                f"No connection available. {queue.nwaiting} greenlets already waiting "
                 f"(max_waiting={self.max_waiting}); {self._state_text()}"
             )
         if timeout == 0:
             self._timed_out(0.0)
         stats.requests_queued += 1
-        waiter = _Waiter(_green.getcurrent())
-        self._waiters.append(waiter)
-        self._nwaiting += 1
-        timer = None
         start = _green.monotonic()
-        if timeout is not None:
-            expiry = self._expiry
-            if not expiry or timeout == self._expiry_timeout:
-                self._expiry_timeout = timeout
-                waiter.deadline = start + timeout
-                expiry.append(waiter)
-                if self._deadline_timer is None:
-                    self._arm_deadline(timeout)
-            else:
-                timer = self._loop.timer(timeout)
-                timer.start(self._expire, waiter)
-        try:
-            self._hub.switch()
-        except BaseException:
-            # Interrupted while queued (kill, an outer gevent.Timeout, ...): never swallow a hand-off.
-            self._abandon(waiter)
-            raise
-        finally:
-            if timer is not None:
-                timer.close()
+        shed = queue.shed
+        value = queue.wait(timeout, self.max_size)
         waited_ms = (_green.monotonic() - start) * 1000.0
         stats.requests_wait_ms += waited_ms
         stats.waits_ms.append(waited_ms)
-        if waiter.state != _GIVEN:
-            # Woken by a timer (state _GONE): the time is up.
+        if value is EXPIRED:
+            if queue.shed != shed:
+                stats.requests_errors += 1
+                raise self.timeout_error(
+                    f"No connection available. The caller's deadline would run out before its turn "
+                    f"(expected wait {queue.expected_wait(self.max_size) * 1000.0:.1f} ms); {self._state_text()}"
+                )
             self._timed_out(waited_ms / 1000.0)
-        waiter.state = _DONE
-        self._nhanding -= 1
-        value = waiter.value
-        if isinstance(value, BaseException):
-            raise value
         return value
+
+    def _refused(self, value: Any) -> None:
+        """Take back what was handed to a waiter interrupted before it resumed: pass it on."""
+        if isinstance(value, _Entry):
+            self._put_back(value)
+        elif value is _SLOT:
+            self._free_slot()
 
     def keeps(self, exc: BaseException) -> bool:
         """Tell whether a connection stays reusable after ``exc`` escaped the block that used it."""
@@ -386,87 +356,17 @@ class Pool(Generic[C]):
             return isinstance(exc, keep_on)
         return bool(keep_on(exc))
 
-    def _expire(self, waiter: _Waiter) -> None:
-        """Timer callback (runs in the hub): the waiter's time is up unless it was already handed something."""
-        if waiter.state == _WAITING:
-            self._forget(waiter)
-            waiter.greenlet.switch()
-
-    def _arm_deadline(self, delay: float) -> None:
-        timer = self._loop.timer(max(delay, 0.0))
-        timer.start(self._on_deadline)
-        self._deadline_timer = timer
-
-    def _on_deadline(self) -> None:
-        """Shared timer callback (runs in the hub): time out every due waiter, re-arm for the next one."""
-        self._deadline_timer.close()
-        self._deadline_timer = None
-        expiry = self._expiry
-        now = _green.monotonic()
-        while expiry:
-            waiter = expiry[0]
-            if waiter.state != _WAITING:
-                expiry.popleft()
-            elif waiter.deadline <= now + 0.001:
-                expiry.popleft()
-                self._forget(waiter)
-                self._loop.run_callback(waiter.greenlet.switch)
-            else:
-                self._arm_deadline(waiter.deadline - now)
-                break
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        state = waiter.state
-        if state == _WAITING:
-            self._forget(waiter)
-        elif state == _GIVEN:
-            # Handed something, but interrupted before it could resume: cancel the wake-up, pass it on.
-            waiter.wake.stop()
-            waiter.state = _GONE
-            self._nhanding -= 1
-            value, waiter.value = waiter.value, None
-            if isinstance(value, _Entry):
-                self._put_back(value)
-            elif value is _SLOT:
-                self._free_slot()
-
-    def _forget(self, waiter: _Waiter) -> None:
-        """Mark a still-queued waiter as gone; it is skipped (and eventually pruned) by the hand-off."""
-        waiter.state = _GONE
-        self._nwaiting -= 1
-        self._ngone += 1
-        if self._ngone > 64 and self._ngone > self._nwaiting:
-            self._waiters = deque(w for w in self._waiters if w.state == _WAITING)
-            self._ngone = 0
-
-    def _hand_off(self, value: Any) -> bool:
-        """Give ``value`` (an entry, the slot marker or an exception) to the oldest live waiter."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if waiter.state == _WAITING:
-                waiter.state = _GIVEN
-                waiter.value = value
-                self._nwaiting -= 1
-                self._nhanding += 1
-                waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
-                expiry = self._expiry
-                while expiry and expiry[0].state != _WAITING:
-                    expiry.popleft()
-                return True
-            self._ngone -= 1
-        return False
-
     def _timed_out(self, waited: float) -> None:
         self._stats.requests_timeouts += 1
         self._stats.requests_errors += 1
         raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
 
     def _state_text(self) -> str:
-        handing = f"{self._nhanding} being handed over, " if self._nhanding else ""
+        queue = self._queue
+        handing = f"{queue.nhanding} being handed over, " if queue.nhanding else ""
         return (
             f"{self.name}: {len(self._in_use)}/{self.max_size} in use, {handing}"
-            f"{len(self._idle_list)} idle, {self._nwaiting} waiting"
+            f"{len(self._idle_list)} idle, {queue.nwaiting} waiting"
         )
 
     def _new_entry(self) -> _Entry:
@@ -491,7 +391,7 @@ class Pool(Generic[C]):
         """Tell whether an idle entry may be handed out; close it (keeping its slot) when not."""
         if entry.watcher is not None:
             entry.watcher.stop()
-        now = _green.monotonic()
+        now = entry.taken = _green.monotonic()
         if now >= entry.expires:
             self._close_entry(entry)
             return False
@@ -566,7 +466,12 @@ class Pool(Generic[C]):
             self._free_slot()
             return
         entry.last_used = now
-        if not (self._nwaiting and self._hand_off(entry)):
+        queue = self._queue
+        held = now - entry.taken
+        queue.hold = queue.hold + (held - queue.hold) * 0.05 if queue.hold else held  # how long checkouts last
+        if queue.lifo:
+            queue.released(_green.getcurrent(), now)
+        if not (queue.nwaiting and queue.hand_off(entry)):
             self._idle_list.append(entry)
             if self._socket is not None:
                 self._watch_idle(entry)
@@ -596,9 +501,9 @@ class Pool(Generic[C]):
     def _free_slot(self) -> None:
         """A connection was closed (or never made): let the oldest waiter create one in its place."""
         self._size -= 1
-        if self._nwaiting and self._size < self.max_size and not self._closed:
+        if self._queue.nwaiting and self._size < self.max_size and not self._closed:
             self._size += 1
-            if not self._hand_off(_SLOT):
+            if not self._queue.hand_off(_SLOT):
                 self._size -= 1
 
     def _close_entry(self, entry: _Entry) -> None:
@@ -657,7 +562,7 @@ class Pool(Generic[C]):
         """
         if self._loop is None:
             self._bind()
-        while not self._closed and self._size < self.min_size and self._nwaiting == 0:
+        while not self._closed and self._size < self.min_size and self._queue.nwaiting == 0:
             self._size += 1
             try:
                 entry = self._new_entry()
@@ -685,9 +590,9 @@ class Pool(Generic[C]):
         while self._size > self.max_size and idle:
             self._close_entry(idle.pop(0))
             self._size -= 1
-        while self._nwaiting and self._size < self.max_size:
+        while self._queue.nwaiting and self._size < self.max_size:
             self._size += 1
-            if not self._hand_off(_SLOT):
+            if not self._queue.hand_off(_SLOT):
                 self._size -= 1
                 break
 
@@ -703,11 +608,8 @@ class Pool(Generic[C]):
         if self._maint_timer is not None:
             self._maint_timer.close()
             self._maint_timer = None
-        if self._deadline_timer is not None:
-            self._deadline_timer.close()
-            self._deadline_timer = None
-        while self._nwaiting and self._hand_off(self.closed_error(f"{self.name} was closed while waiting")):
-            pass
+        self._queue.close()
+        self._queue.fail_all(self.closed_error(f"{self.name} was closed while waiting"))
         idle = self._idle_list
         while idle:
             self._close_entry(idle.pop())
@@ -744,12 +646,12 @@ class Pool(Generic[C]):
     @property
     def handing_over(self) -> int:
         """Connections (or free slots) handed to waiting greenlets that have not resumed yet."""
-        return self._nhanding
+        return self._queue.nhanding
 
     @property
     def waiting(self) -> int:
         """Greenlets queued for a connection."""
-        return self._nwaiting
+        return self._queue.nwaiting
 
     def in_use_connections(self) -> List[C]:
         """The connections checked out right now (a new list)."""
@@ -780,21 +682,23 @@ class Pool(Generic[C]):
             "pool_size": self._size,
             "pool_available": len(self._idle_list),
             "in_use": len(self._in_use),
-            "pool_handing_over": self._nhanding,
-            "requests_waiting": self._nwaiting,
+            "pool_handing_over": self._queue.nhanding,
+            "requests_waiting": self._queue.nwaiting,
         }
         out.update(self._stats.snapshot())
+        out.update(self._queue.stats())
         return out
 
     def pop_stats(self) -> Dict[str, Union[int, float, str]]:
         """Return :meth:`get_stats` and reset the totals to zero."""
         out = self.get_stats()
         self._stats = Counters()
+        self._queue.reset_stats()
         return out
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._size}/{self.max_size} idle={len(self._idle_list)}"
-        return f"<{type(self).__name__} {self.name} {state} in_use={len(self._in_use)} waiting={self._nwaiting}>"
+        return f"<{type(self).__name__} {self.name} {state} in_use={len(self._in_use)} waiting={self._queue.nwaiting}>"
 
 
 # ---------------------------------------------------------------------- helpers

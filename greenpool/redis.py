@@ -27,16 +27,24 @@ from redis.connection import (
 )
 from redis.event import AfterConnectionReleasedEvent
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from greenpool._validate import check_callable, check_int, check_name, check_seconds, check_sizes
-from greenpool.errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
+from greenpool import _green
+from greenpool._validate import check_callable, check_choice, check_int, check_name, check_seconds, check_sizes
+from greenpool._waitqueue import POLICIES
+from greenpool.errors import ConnectTimeout, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
-__all__ = ["GeventPool", "RedisPoolClosed", "RedisPoolTimeout", "RedisTooManyWaiting"]
+__all__ = ["GeventPool", "RedisConnectTimeout", "RedisPoolClosed", "RedisPoolTimeout", "RedisTooManyWaiting"]
 
 
 class RedisPoolTimeout(PoolTimeout, RedisConnectionError):
     """No connection became available within ``timeout`` ("No connection available. ...")."""
+
+
+class RedisConnectTimeout(ConnectTimeout, RedisTimeoutError):
+    """A new connection was not ready within the connect bound (also a ``redis.exceptions.TimeoutError``, what
+    redis-py raises for its own connect timeouts); the message names the server, the setting and the stage."""
 
 
 class RedisPoolClosed(PoolClosed, RedisConnectionError):
@@ -61,6 +69,7 @@ _URL_EXTRAS: Dict[str, Callable[[str], Any]] = {
     "max_idle": float,
     "leak_threshold": float,
     "max_waiting": int,
+    "queue_policy": str,
     "name": str,
 }
 
@@ -83,10 +92,13 @@ class GeventPool(ConnectionPool):
 
     Keyword-only settings of the core pool (see :class:`greenpool.Pool`): ``min_connections`` (kept open),
     ``check_after_idle`` (default 1 s), ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``
-    (``0``: no limit), ``name`` (shown in errors, logs and stats; never contains credentials).
+    (``0``: no limit), ``queue_policy`` (``"adaptive"``, ``"fifo"`` or ``"lifo"``), ``name`` (shown in errors,
+    logs and stats; never contains credentials).
 
-    Checkouts are served first come, first served: a greenlet that releases a connection and asks again
-    queues behind those already waiting.
+    Checkouts are served first come, first served while the pool keeps up: a greenlet that releases a
+    connection and asks again queues behind those already waiting. Under overload (waiters giving up before
+    their turn would come) the default ``queue_policy="adaptive"`` serves the newest waiters first, and a
+    checkout inside :func:`greenpool.deadline` that cannot be served in time fails at once.
 
     **Dirty connections.** redis-py's own pools poll every connection they hand out (``can_read()``, a
     system call per checkout) to catch one that still holds the reply of an interrupted command. This pool
@@ -109,6 +121,13 @@ class GeventPool(ConnectionPool):
 
     A checkout that times out raises :class:`RedisPoolTimeout`, both a :class:`greenpool.PoolTimeout` and a
     ``redis.exceptions.ConnectionError`` whose message starts with "No connection available.".
+
+    **Bounds.** A checkout waits at most ``timeout`` for a connection, plus the connect bound while it makes a
+    new one: the whole connect (TCP connect, TLS handshake, HELLO/AUTH/CLIENT/SELECT, redis-py's connect retries)
+    ends within ``socket_connect_timeout`` (redis-py's default 5 s; passed as ``None``, ``socket_timeout``; 10 s
+    when both are ``None``) or raises :class:`RedisConnectTimeout`, a :class:`greenpool.ConnectTimeout` and a
+    ``redis.exceptions.TimeoutError`` that names the server, the setting and the stage. Each reply then takes at
+    most ``socket_timeout`` (redis-py's default 5 s; ``None``: no bound).
     """
 
     #: Settings :meth:`from_url` reads from the query string besides redis-py's, and how to parse them.
@@ -127,6 +146,7 @@ class GeventPool(ConnectionPool):
         max_idle: Optional[float] = None,
         leak_threshold: Optional[float] = None,
         max_waiting: int = 0,
+        queue_policy: str = "adaptive",
         name: Optional[str] = None,
         **connection_kwargs: Any,
     ) -> None:
@@ -151,6 +171,7 @@ class GeventPool(ConnectionPool):
             "max_idle": check_seconds("max_idle", max_idle, allow_zero=False),
             "leak_threshold": check_seconds("leak_threshold", leak_threshold, allow_zero=False),
             "max_waiting": check_int("max_waiting", max_waiting),
+            "queue_policy": check_choice("queue_policy", queue_policy, POLICIES),
             "name": name or _default_name(connection_kwargs),
         }
         self._own_dispatcher = connection_kwargs.get("event_dispatcher") is None
@@ -167,7 +188,7 @@ class GeventPool(ConnectionPool):
         ``redis://[[username]:[password]]@host:port/db``, ``rediss://...`` (TLS) and ``unix:///path.sock``
         are understood; query-string values win over ``kwargs``. Besides redis-py's options
         (``max_connections`` and ``timeout`` included), the query string may set ``min_connections``,
-        ``check_after_idle``, ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting`` and
+        ``check_after_idle``, ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy`` and
         ``name``. Raises ``ValueError`` for a value that does not parse. Never blocks.
         """
         url_options: Dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
@@ -237,10 +258,53 @@ class GeventPool(ConnectionPool):
             connection = CacheProxyConnection(connection, self.cache, self._lock)  # type: ignore[abstract]
         return connection
 
-    def _new_connection(self) -> Any:
-        connection = self.make_connection()
+    def _new_connection(self, connection: Any = None) -> Any:
+        """Connect ``connection`` (by default a new one, for the core pool's ``create``) and return it.
+
+        The whole connect (TCP connect, TLS handshake, the HELLO/AUTH/CLIENT/SELECT handshake and redis-py's own
+        connect retries) must end within the connect bound, the connection's ``socket_connect_timeout``
+        (redis-py's default 5 s; passed as ``None``, ``socket_timeout``), or 10 s when both are ``None``; then,
+        or when redis-py times out itself while connecting, it raises :class:`RedisConnectTimeout` naming the
+        setting and the stage. On any failure the connection is disconnected, so no socket is left open.
+        """
+        if connection is None:
+            connection = self.make_connection()
+        kwargs = self.connection_kwargs
+        # redis-py's connections set socket_connect_timeout to socket_timeout when it is passed as None.
+        connect_setting = (
+            "socket_timeout" if kwargs.get("socket_connect_timeout", 0) is None else "socket_connect_timeout"
+        )
+        bound, setting = getattr(connection, "socket_connect_timeout", None), connect_setting
+        if bound is None:
+            bound, setting = 10.0, "the default: socket_connect_timeout and socket_timeout are None"
+        path = kwargs.get("path")
+        address = str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        name = self._core_settings["name"]
+        where = name if address in name else f"{name} ({address})"
+        socket_stage = "unix socket connect" if path else "TCP connect"
+        stages = (
+            ("call_with_retry", "waiting to retry after a failed attempt"),
+            ("_connect", socket_stage),
+            ("_wrap_socket_with_ssl", "TLS handshake"),
+            ("on_connect_check_health", "handshake (HELLO/AUTH/CLIENT/SELECT)"),
+        )
+
+        def expired(interruption: BaseException) -> RedisConnectTimeout:
+            stage = _green.stage_of(interruption, "redis", stages, "connect")
+            return RedisConnectTimeout(_green.connect_timeout_message(where, bound, setting, stage))
+
         try:
-            connection.connect()
+            try:
+                _green.call_within(bound, connection.connect, expired)
+            except RedisTimeoutError as exc:
+                if isinstance(exc, RedisConnectTimeout):
+                    raise
+                # redis-py's own socket timeout, before the bound (with its retries spent).
+                stage = _green.stage_of(exc, "redis", stages, "connect", chained=True)
+                own = "socket_connect_timeout" if stage == socket_stage else "socket_timeout"
+                seconds = getattr(connection, own, None) or 0.0
+                own = connect_setting if own == "socket_connect_timeout" else own
+                raise RedisConnectTimeout(_green.connect_timeout_message(where, seconds, own, stage)) from exc
         except BaseException:
             connection.disconnect()
             raise
@@ -249,12 +313,14 @@ class GeventPool(ConnectionPool):
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         """Check a connection out, connected and ready for a command.
 
-        Blocks, first come first served, for up to ``timeout`` seconds while every connection is in use, and
-        while a new connection is made. Raises :class:`RedisPoolTimeout` when the time runs out,
-        :class:`RedisTooManyWaiting` when ``max_waiting`` greenlets already wait, and what connecting raises
-        (``redis.exceptions.ConnectionError``, ``AuthenticationError``, ``TimeoutError``, ...); a connection
-        that fails to connect is closed and its slot freed. The arguments are accepted, and ignored, for
-        callers of redis-py before 5.3 (without a deprecation warning).
+        Blocks, first come first served, for up to ``timeout`` seconds while every connection is in use, then,
+        when it makes a new connection, for up to the connect bound (``socket_connect_timeout``, see the class
+        docstring). Raises :class:`RedisPoolTimeout` when the wait runs out, :class:`RedisConnectTimeout` when
+        the connect does, :class:`RedisTooManyWaiting` when ``max_waiting`` greenlets already wait, and what
+        connecting raises (``redis.exceptions.ConnectionError``, ``AuthenticationError``, ...); a connection
+        that fails to connect is closed and its slot freed. An idle connection that was disconnected (by
+        :meth:`disconnect`, or after an error) reconnects here within the same connect bound. The arguments
+        are accepted, and ignored, for callers of redis-py before 5.3 (without a deprecation warning).
         """
         pool = self._pool
         connection = pool.acquire()
@@ -262,7 +328,7 @@ class GeventPool(ConnectionPool):
             if self._suspects:
                 self._verify_suspect(connection)
             if not connection.is_connected:
-                connection.connect()
+                self._new_connection(connection)
         except BaseException:
             pool.release(connection, discard=True)
             raise

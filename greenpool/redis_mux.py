@@ -34,10 +34,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from greenpool import _green
 from greenpool._mux import CONNECTING as _CONNECTING
 from greenpool._mux import DOWN as _DOWN
+from greenpool._mux import MAX_MUX_CONNECTIONS, MuxIO
 from greenpool._mux import UP as _UP
-from greenpool._mux import MuxIO
 from greenpool._validate import check_int
-from greenpool.redis import _URL_EXTRAS, GeventPool
+from greenpool.redis import _URL_EXTRAS, GeventPool, RedisConnectTimeout
 
 try:
     import hiredis
@@ -519,7 +519,7 @@ class RedisMuxPool(GeventPool):
     Takes every argument of :class:`greenpool.GeventPool` (which it is: dedicated connections come from its
     fair pool, ``max_connections`` and ``timeout`` bound them) plus:
 
-    - ``connections`` (default 1): shared sockets; checkouts are spread over them round robin.
+    - ``connections`` (default 1, at most 1024): shared sockets; checkouts are spread over them round robin.
     - ``max_in_flight`` (default 1024): commands sent on the shared sockets and not answered yet (a
       command given up by its greenlet counts until its reply is read). Beyond it, commands wait, first
       come first served, parked in :meth:`_MuxConnection.read_response` until replies free room; a
@@ -530,7 +530,11 @@ class RedisMuxPool(GeventPool):
     ``redis.exceptions.TimeoutError`` and its late reply is dropped. When a shared socket breaks, every
     command in flight on it fails with ``redis.exceptions.ConnectionError`` (redis-py's client may retry
     it, per its ``retry`` setting) and the next command reconnects. The shared sockets connect through
-    redis-py's own ``Connection.connect()`` (AUTH, HELLO, SELECT db, client name), so ``db`` is honoured.
+    redis-py's own ``Connection.connect()`` (AUTH, HELLO, SELECT db, client name), so ``db`` is honoured,
+    within the connect bound of a new :class:`greenpool.GeventPool` connection (``socket_connect_timeout``):
+    past it the command that connects, and every command waiting for that attempt, fails with
+    :class:`greenpool.redis.RedisConnectTimeout` (a ``redis.exceptions.TimeoutError``, which redis-py's client
+    retries per its ``retry`` setting, each attempt bounded alike).
 
     :meth:`from_url` reads ``connections`` and ``max_in_flight`` from the query string too.
 
@@ -548,7 +552,7 @@ class RedisMuxPool(GeventPool):
     }
 
     def __init__(self, *args: Any, connections: int = 1, max_in_flight: int = 1024, **kwargs: Any) -> None:
-        self._mux_sockets_count = check_int("connections", connections, minimum=1)
+        self._mux_sockets_count = check_int("connections", connections, minimum=1, maximum=MAX_MUX_CONNECTIONS)
         self._max_in_flight = check_int("max_in_flight", max_in_flight, minimum=1)
         self._mux_ready = False
         super().__init__(*args, **kwargs)
@@ -644,20 +648,30 @@ class RedisMuxPool(GeventPool):
             self._timer.start(_sweep, self._counters, self._sockets, timeout)
 
     def _connect(self, sock: _MuxSocket) -> None:
-        """Bring ``sock`` up (or wait for the greenlet doing so); raise what connecting raises."""
+        """Bring ``sock`` up (or wait for the greenlet doing so); raise what connecting raises.
+
+        The attempt is bounded as a new connection of :class:`greenpool.GeventPool` is (the connect bound, then
+        :class:`greenpool.redis.RedisConnectTimeout`), and so are the greenlets waiting for it: they get the same
+        timeout error, or a ``ConnectionError`` when the attempt failed otherwise.
+        """
         while sock.state != _UP:
             done = sock.connect_done
             if done is not None:
                 done.wait()
                 if sock.state != _UP:
-                    raise RedisConnectionError("Error connecting the shared socket (another command's attempt failed).")
+                    attempt, timed_out, message = getattr(self, "_mux_connect_failure", (None, False, ""))
+                    if attempt is done and timed_out:
+                        raise RedisConnectTimeout(message)
+                    reason = f": {message}" if attempt is done and message else ""
+                    raise RedisConnectionError(
+                        f"Error connecting the shared socket (another command's attempt failed{reason})."
+                    )
                 return
             done = sock.connect_done = Event()
             sock.state = _CONNECTING
             try:
-                connection = self.make_connection()
+                connection = self._new_connection()  # within the connect bound
                 try:
-                    connection.connect()
                     gsock = connection._sock
                     family = gsock.family
                     fd = gsock.detach()
@@ -672,8 +686,11 @@ class RedisMuxPool(GeventPool):
                     notEnoughData=_NOT_ENOUGH_DATA,
                 )
                 sock.attach(raw, self._hub.loop, reader)
-            except BaseException:
+            except BaseException as exc:
                 sock.state = _DOWN
+                # What the waiters raise: the same connect timeout, else a ConnectionError that quotes the error.
+                message = str(exc) if isinstance(exc, Exception) else ""
+                self._mux_connect_failure = (done, isinstance(exc, RedisConnectTimeout), message)
                 raise
             finally:
                 sock.connect_done = None

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import inspect
 import operator
+import socket
 import sys
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from gevent import monkey
 
+from greenpool import _green
 from greenpool._tarantool_url import parse_url, url_bool, url_int, url_seconds, url_str
 from greenpool._validate import check_address, check_credentials, check_int, check_seconds, check_sizes
-from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting
+from greenpool.errors import ConnectTimeout, PoolClosed, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
 try:
     import tarantool
-    from tarantool.error import DatabaseError, NetworkError
+    from tarantool.error import DatabaseError, NetworkError, SslError
     from tarantool.error import Error as TarantoolError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("greenpool.TarantoolPool needs tarantool-python: pip install 'greenpool[tarantool]'") from exc
@@ -39,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = [
     "CONNECTION_DEFAULTS",
     "SocketNotPatchedWarning",
+    "TarantoolConnectTimeout",
     "TarantoolPool",
     "TarantoolPoolClosed",
     "TarantoolPoolTimeout",
@@ -50,10 +53,14 @@ __all__ = [
 #: finds its connection broken (e.g. the server restarted), reconnect once at once and, if that fails, raise
 #: ``NetworkError`` (``reconnect_max_attempts=0``, ``reconnect_delay=0``), so the pool closes the connection
 #: and a later checkout makes a new one, instead of the greenlet sleeping through tarantool-python's ten
-#: attempts (that failed attempt also emits tarantool-python's ``NetworkWarning``); give up a TCP connect
-#: after 10 s (``connection_timeout``). ``socket_timeout`` stays ``None`` (tarantool-python's default): a
-#: request waits for its reply as long as it takes; bound it with ``socket_timeout`` or a ``gevent.Timeout``
-#: (either closes the connection when it fires).
+#: attempts (that failed attempt also emits tarantool-python's ``NetworkWarning``); give up a new connection
+#: that is not ready after 10 s (``connection_timeout``), a bound greenpool puts on the whole connect, TCP
+#: connect, TLS handshake, greeting, IPROTO_ID, authentication and schema load (tarantool-python's own bounds
+#: only the TCP connect), with :class:`TarantoolConnectTimeout`; ``connection_timeout=None`` removes it, and a
+#: server that accepts and never answers then hangs the checkout. ``socket_timeout`` stays ``None``
+#: (tarantool-python's default): a request waits for its reply as long as it takes; bound it with
+#: ``socket_timeout`` or a ``gevent.Timeout`` (either closes the connection when it fires). A ``socket_timeout``
+#: that expires while connecting also raises :class:`TarantoolConnectTimeout`, naming it.
 CONNECTION_DEFAULTS: Dict[str, Any] = {
     "connect_now": True,
     "reconnect_max_attempts": 0,
@@ -67,6 +74,12 @@ class TarantoolPoolTimeout(PoolTimeout, TarantoolError):  # type: ignore[misc]
 
     It is not a ``DatabaseError``: no request reached the server.
     """
+
+
+class TarantoolConnectTimeout(ConnectTimeout, NetworkError):  # type: ignore[misc]
+    """A new connection was not ready within ``connection_timeout``, or tarantool-python's ``socket_timeout``
+    expired while it connected (also a ``tarantool.error.NetworkError``); the message names the server, the
+    setting and the stage (TCP connect, TLS handshake, greeting, IPROTO_ID, authentication, schema)."""
 
 
 class TarantoolPoolClosed(PoolClosed, TarantoolError):  # type: ignore[misc]
@@ -120,8 +133,24 @@ def _detach(conn: Any) -> None:
 _socket_of = operator.attrgetter("_socket")
 
 
-def _ping(conn: Any) -> Any:
-    return conn.ping(notime=True)
+class _CheckTimedOut(Exception):
+    """The idle check's ping got no reply within the bound (the core then closes the connection)."""
+
+
+def _pinger(bound: Optional[float]) -> Callable[[Any], Any]:
+    """Return the pool's ``check``: a ping that gives up after ``bound`` seconds (``None``: no bound).
+
+    With the default ``socket_timeout=None`` a ping to a stopped server would wait forever; bounded, the
+    connection is closed and the checkout goes on with another or a new one.
+    """
+
+    def check(conn: Any) -> Any:
+        def expired(interruption: BaseException) -> BaseException:
+            return _CheckTimedOut(f"no reply to the idle check's ping within {bound} s")
+
+        return _green.call_within(bound, lambda: conn.ping(notime=True), expired)
+
+    return check
 
 
 def _connector(
@@ -129,17 +158,49 @@ def _connector(
 ) -> Callable[[], Any]:
     """Return the pool's ``create``: a closure, so the password shows in no ``repr`` and no cycle holds the pool.
 
-    The connection is built unconnected and then connected here, so that a connect interrupted by a
+    The connection is built unconnected and then connected here, within ``connection_timeout`` for the whole
+    connect (``None``: no bound), so that a connect that does not end in time, or that tarantool-python gives up
+    at its ``socket_timeout`` (and reports as "Lost connection to server during query"), raises
+    :class:`TarantoolConnectTimeout` naming the stage; and so that a connect that fails or is interrupted by a
     ``gevent.Timeout`` or a kill (which tarantool-python does not clean up) closes its socket at once.
     """
     options = dict(kwargs)
     connect_now = options.pop("connect_now", True)
+    bound = options.get("connection_timeout")
+    where = f"{host}:{port}" if host is not None else str(port)
+    # The steps of tarantool.Connection.connect(), in order (see greenpool._green.stage_of).
+    stages = (
+        ("connect_tcp", "TCP connect"),
+        ("connect_unix", "unix socket connect"),
+        ("wrap_socket_ssl", "TLS handshake"),
+        ("handshake", "greeting"),
+        ("_check_features", "IPROTO_ID"),
+        ("authenticate", "authentication"),
+        ("load_schema", "schema"),
+    )
+
+    def expired(interruption: BaseException) -> TarantoolConnectTimeout:
+        stage = _green.stage_of(interruption, "tarantool", stages, "connect")
+        message = _green.connect_timeout_message(where, bound or 0.0, "connection_timeout", stage)
+        return TarantoolConnectTimeout(message)
 
     def connect() -> Any:
         conn = tarantool.Connection(host, port, user=user, password=password, connect_now=False, **options)
         if connect_now:
             try:
-                conn.connect()
+                try:
+                    _green.call_within(bound, conn.connect, expired)
+                except (NetworkError, SslError) as exc:
+                    if isinstance(exc, TarantoolConnectTimeout) or not any(
+                        isinstance(link, socket.timeout) for link in _green.exception_chain(exc)
+                    ):
+                        raise
+                    # tarantool-python's own socket timeout: connection_timeout in its TCP connect, else socket_timeout.
+                    stage = _green.stage_of(exc, "tarantool", stages, "connect", chained=True)
+                    socket_stage = stage in ("TCP connect", "unix socket connect")
+                    setting = "connection_timeout" if socket_stage else "socket_timeout"
+                    message = _green.connect_timeout_message(where, options.get(setting) or 0.0, setting, stage)
+                    raise TarantoolConnectTimeout(message) from exc
             except BaseException:
                 conn.close()
                 raise
@@ -158,9 +219,10 @@ def _helper(method: str) -> Callable[..., Any]:
     helper.__name__ = helper.__qualname__ = method
     helper.__doc__ = (
         f"Run ``tarantool.Connection.{method}(*args, **kwargs)`` on a pooled connection and return its result.\n\n"
-        "Blocks up to the pool's ``timeout`` for a connection (then raises :class:`TarantoolPoolTimeout`), then "
-        "for the reply. Raises what tarantool-python raises: an error reply from the server keeps the connection, "
-        "a ``NetworkError`` or an interruption (``gevent.Timeout``, a kill) closes it."
+        "Blocks up to the pool's ``timeout`` for a connection (then raises :class:`TarantoolPoolTimeout`), plus "
+        "``connection_timeout`` while it creates one (then :class:`TarantoolConnectTimeout`), then for the reply, "
+        "up to ``socket_timeout``. Raises what tarantool-python raises: an error reply from the server keeps the "
+        "connection, a ``NetworkError`` or an interruption (``gevent.Timeout``, a kill) closes it."
     )
     return helper
 
@@ -206,16 +268,25 @@ class TarantoolPool(Pool[Any]):
     - ``timeout``: seconds a checkout (and so each helper) waits for a connection before raising
       :class:`TarantoolPoolTimeout`; ``None`` waits forever, ``0`` never waits.
     - keyword-only: ``check_after_idle`` (ping a connection on checkout when it has been idle this long),
-      ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``name``: see :class:`greenpool.Pool`.
+      ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy``, ``name``: see
+      :class:`greenpool.Pool`.
     - ``**connection_kwargs``: passed to ``tarantool.Connection`` (``socket_timeout``, ``connection_timeout``,
       ``transport="ssl"`` and the ``ssl_*`` files, ``fetch_schema``, ...) over :data:`CONNECTION_DEFAULTS`.
       An unknown name raises ``TypeError`` here, not at the first checkout.
 
     Connections are created lazily, in the greenlet whose checkout needs one (it blocks while it connects,
     authenticates and loads the schema; a failure raises tarantool-python's ``NetworkError`` to that caller
-    and frees the slot). A connection idle longer than ``check_after_idle`` is pinged before it is handed out;
-    a failed ping closes it and the checkout goes on with another or a new one, within the same timeout.
+    and frees the slot). A connection idle longer than ``check_after_idle`` (or whose socket the server closed
+    or wrote to while it was idle) is pinged before it is handed out; a ping that fails, or gets no reply
+    within ``connection_timeout``, closes it and the checkout goes on with another or a new one.
     After ``os.fork()`` the child's pool starts empty and never touches the parent's connections.
+
+    **Bounds.** A checkout waits at most ``timeout`` for a connection, plus ``connection_timeout`` (default
+    10 s; ``None``: no bound) while it creates one: the whole connect, TCP connect, TLS handshake, greeting,
+    IPROTO_ID, authentication and schema load, or :class:`TarantoolConnectTimeout` (a ``NetworkError``) names
+    the server, the setting and the stage; a ``socket_timeout`` that expires while connecting raises it too.
+    Each reply, and the ping of an idle connection, takes at most ``socket_timeout`` (default ``None``: no
+    bound). The bounds need gevent's patched ``socket`` module, as everything else here does.
     """
 
     timeout_error = TarantoolPoolTimeout
@@ -237,6 +308,7 @@ class TarantoolPool(Pool[Any]):
         max_idle: Optional[float] = None,
         leak_threshold: Optional[float] = None,
         max_waiting: int = 0,
+        queue_policy: str = "adaptive",
         name: Optional[str] = None,
         **connection_kwargs: Any,
     ) -> None:
@@ -252,7 +324,7 @@ class TarantoolPool(Pool[Any]):
         super().__init__(
             _connector(host, port, user, password, self._connection_kwargs),
             None,
-            _ping,
+            _pinger(self._connection_kwargs["connection_timeout"]),
             max_size=max_connections,
             min_size=min_connections,
             timeout=timeout,
@@ -261,6 +333,7 @@ class TarantoolPool(Pool[Any]):
             max_idle=max_idle,
             leak_threshold=leak_threshold,
             max_waiting=max_waiting,
+            queue_policy=queue_policy,
             keep_on=_keeps_connection,
             detach=_detach,
             socket=_socket_of,
@@ -274,7 +347,7 @@ class TarantoolPool(Pool[Any]):
 
         The port defaults to 3301; user and password are percent-decoded. Query options: the pool's
         (``max_connections``, ``min_connections``, ``timeout``, ``check_after_idle``, ``max_lifetime``,
-        ``max_idle``, ``leak_threshold``, ``max_waiting``, ``name``) and ``tarantool.Connection``'s
+        ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy``, ``name``) and ``tarantool.Connection``'s
         ``socket_timeout``, ``connection_timeout``, ``reconnect_max_attempts``, ``reconnect_delay``,
         ``connect_now``, ``fetch_schema``, ``transport``, ``ssl_key_file``, ``ssl_cert_file``, ``ssl_ca_file``,
         ``ssl_ciphers``, ``auth_type``. Seconds accept ``none``; booleans ``true/false/1/0/yes/no/on/off``.
@@ -326,6 +399,7 @@ _URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
     "max_connections": url_int,
     "min_connections": url_int,
     "max_waiting": url_int,
+    "queue_policy": url_str,
     "timeout": url_seconds,
     "check_after_idle": url_seconds,
     "max_lifetime": url_seconds,

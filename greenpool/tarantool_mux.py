@@ -30,7 +30,6 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-import gevent
 import msgpack
 from gevent import socket as gsocket
 from gevent.event import Event
@@ -40,11 +39,11 @@ from msgpack import OutOfData
 from greenpool import _green
 from greenpool._mux import CONNECTING as _CONNECTING
 from greenpool._mux import DOWN as _DOWN
+from greenpool._mux import MAX_MUX_CONNECTIONS, MuxIO
 from greenpool._mux import UP as _UP
-from greenpool._mux import MuxIO
 from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
 from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds
-from greenpool.errors import PoolClosed
+from greenpool.errors import ConnectTimeout, PoolClosed
 
 try:
     from tarantool.error import DatabaseError, NetworkError
@@ -59,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "MuxClosed",
+    "MuxConnectTimeout",
     "MuxConnectionError",
     "MuxError",
     "MuxResponse",
@@ -145,6 +145,11 @@ class MuxConnectionError(MuxError):
 
     A refused authentication carries the server's error code in ``code`` (``errno`` is 0).
     """
+
+
+class MuxConnectTimeout(MuxConnectionError, ConnectTimeout):
+    """The connection was not ready within ``connect_timeout`` (also a :class:`greenpool.ConnectTimeout`); the
+    message names the server and the stage (TCP connect, greeting, authentication)."""
 
 
 class MuxTimeout(MuxError):
@@ -605,7 +610,7 @@ class TarantoolMux:
     - ``host``, ``port``: the server (``host=None`` and ``port="/path/to.sock"`` for a unix socket).
     - ``user``, ``password``: chap-sha1 credentials (``None``: the guest user). The password is never
       shown in ``repr``, stats, logs or errors.
-    - ``connections``: sockets to spread requests over (round robin); each connects on first use.
+    - ``connections``: sockets to spread requests over (round robin, at most 1024); each connects on first use.
     - ``timeout``: seconds a request waits for its reply (and, before that, for a free in-flight slot)
       before it fails with :class:`MuxTimeout`; ``None`` waits forever. Checked by one periodic timer,
       so a timeout fires up to ``timeout / 5`` (at most 1 s) late, never early.
@@ -613,7 +618,8 @@ class TarantoolMux:
       greenlet counts until its late reply comes). A request beyond it is queued, first come first
       served, until a reply frees a slot, its greenlet parked (back-pressure: whatever the number of
       greenlets, the server and the sockets hold at most this many requests).
-    - ``connect_timeout``: seconds to connect, read the greeting and authenticate.
+    - ``connect_timeout``: seconds to connect, read the greeting and authenticate (``None``: no bound); then
+      :class:`MuxConnectTimeout` (a :class:`MuxConnectionError`) names the stage that did not end in time.
 
     Every method blocks only the calling greenlet, until its reply arrives. The connection is made by
     the first request (or :meth:`connect`); when it breaks, the requests in flight on it fail with
@@ -654,7 +660,7 @@ class TarantoolMux:
         self.port = port
         self.user = user
         self._password = password
-        self.connections = check_int("connections", connections, minimum=1)
+        self.connections = check_int("connections", connections, minimum=1, maximum=MAX_MUX_CONNECTIONS)
         self.timeout = check_seconds("timeout", timeout, allow_zero=False)
         self.max_in_flight = check_int("max_in_flight", max_in_flight, minimum=1)
         self.connect_timeout = check_seconds("connect_timeout", connect_timeout, allow_zero=False)
@@ -872,18 +878,29 @@ class TarantoolMux:
                 attempt[0].set()
 
     def _open(self) -> Any:
-        """Connect, read the greeting, authenticate; return a non-blocking stdlib socket. Blocks this greenlet."""
+        """Connect, read the greeting, authenticate, all within ``connect_timeout`` (else
+        :class:`MuxConnectTimeout` naming the stage); return a non-blocking stdlib socket. Blocks this greenlet."""
         address = _format_address(self._address)
-        failure = MuxConnectionError(0, f"connecting to {address} timed out after {self.connect_timeout} s")
         gsock = gsocket.socket(self._family, _socket_module.SOCK_STREAM)
+        stage = "unix socket connect" if self._family == _socket_module.AF_UNIX else "TCP connect"
+
+        def steps() -> None:
+            nonlocal stage
+            gsock.connect(self._address)
+            if self._family != _socket_module.AF_UNIX:
+                gsock.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
+            stage = "greeting"
+            self._version_id, salt = _parse_greeting(_read_exactly(gsock, _GREETING_SIZE), address)
+            if self.user is not None:
+                stage = "authentication"
+                self._authenticate(gsock, salt, address)
+
+        def expired(interruption: BaseException) -> MuxConnectTimeout:
+            seconds = self.connect_timeout or 0.0
+            return MuxConnectTimeout(0, _green.connect_timeout_message(address, seconds, "connect_timeout", stage))
+
         try:
-            with gevent.Timeout(self.connect_timeout, failure):
-                gsock.connect(self._address)
-                if self._family != _socket_module.AF_UNIX:
-                    gsock.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
-                self._version_id, salt = _parse_greeting(_read_exactly(gsock, _GREETING_SIZE), address)
-                if self.user is not None:
-                    self._authenticate(gsock, salt, address)
+            _green.call_within(self.connect_timeout, steps, expired)
             fd = gsock.detach()
         except OSError as exc:
             gsock.close()

@@ -83,7 +83,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "scenario" not in props:
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        props["backend"] = "tarantool" if "[tarantool]" in report.nodeid else "redis"
+        # A scenario may name its backend itself (the connect faults name the pool class).
+        props.setdefault("backend", "tarantool" if "[tarantool]" in report.nodeid else "redis")
         props["passed"] = report.outcome
         _FAULT_ROWS.append(props)
 
@@ -93,7 +94,7 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         return
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     write("")
-    header = f"{'scenario':<22} {'backend':<10} {'result':<7} {'recovery s':>10} {'lost writes':>11} {'max wait s':>10}"
+    header = f"{'scenario':<23} {'backend':<13} {'result':<7} {'recovery s':>10} {'lost writes':>11} {'max wait s':>10}"
     write("fault scenarios")
     write(header)
     write("-" * len(header))
@@ -101,4 +102,4 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         recovery = "-" if row.get("recovery_s") is None else f"{row['recovery_s']:.3f}"
         lost = "-" if row.get("lost_writes") is None else str(row["lost_writes"])
         wait = "-" if row.get("max_wait_s") is None else f"{row['max_wait_s']:.3f}"
-        write(f"{row['scenario']:<22} {row['backend']:<10} {row['passed']:<7} {recovery:>10} {lost:>11} {wait:>10}")
+        write(f"{row['scenario']:<23} {row['backend']:<13} {row['passed']:<7} {recovery:>10} {lost:>11} {wait:>10}")

@@ -124,7 +124,7 @@ def test_steady_hand_off_keeps_the_expiry_queue_short() -> None:
     def worker() -> None:
         while not stop.is_set():
             with pool.connection():
-                longest[0] = max(longest[0], len(pool._expiry))
+                longest[0] = max(longest[0], len(pool._queue._expiry))
                 gevent.sleep(0)
 
     greenlets = [gevent.spawn(worker) for _ in range(50)]

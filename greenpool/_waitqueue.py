@@ -1,0 +1,395 @@
+"""The queue of greenlets waiting for a connection, and the policy that picks which one is served next.
+
+:class:`WaitQueue` holds the waiters of one :class:`greenpool.Pool` (one gevent hub), their expiry timers and
+the service policy; the pool hands it what a waiter may be given (an idle connection, a free slot, an
+exception) and gets back what a waiter refused. :class:`Waiter` is one greenlet's wait, a small state machine.
+Depends on ``greenpool._green`` (the gevent seam) and ``greenpool._deadline`` (the callers' budgets) only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from greenpool import _green
+from greenpool._deadline import BUDGETS
+
+__all__ = ["EXPIRED", "POLICIES", "WaitQueue", "Waiter"]
+
+#: The service policies a pool accepts as ``queue_policy``.
+POLICIES = ("adaptive", "fifo", "lifo")
+
+# Waiter states (see Waiter).
+WAITING, GIVEN, DONE, GONE = "waiting", "given", "done", "gone"
+
+
+class _Expired:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<expired>"
+
+
+#: Returned by :meth:`WaitQueue.wait` when the waiter's time ran out (the pool raises its timeout error).
+EXPIRED: Any = _Expired()
+
+#: How many recent abandonments the adaptive policy keeps to estimate how long waiters are willing to wait.
+_PATIENCE_SAMPLES = 32
+#: Fewer abandonments than this within the sample window say nothing about the waiters' patience.
+_PATIENCE_QUORUM = 8
+#: A greenlet that released a connection this recently is in the middle of a request (adaptive policy).
+_CONTINUATION = 0.02
+
+
+class Waiter:
+    """One greenlet's wait for a connection.
+
+    States and transitions:
+
+    - ``WAITING``: queued, ``value`` is ``None``.
+    - ``WAITING -> GIVEN`` (:meth:`WaitQueue.hand_off`): handed ``value`` (an idle entry, the free-slot
+      marker or an exception to raise); its wake-up (``wake``, a hub callback) is scheduled, it has not run.
+    - ``GIVEN -> DONE``: it resumed and took ``value`` (terminal).
+    - ``WAITING -> GONE``: it left empty-handed: its checkout timeout expired (a timer), its caller's
+      deadline could not be met (``greenpool.deadline``), or it was interrupted while queued (a kill, an outer
+      ``gevent.Timeout``). A gone waiter stays in the queue until the hand-off skips it (terminal).
+    - ``GIVEN -> GONE``: interrupted after the hand-off but before it resumed: the wake-up is cancelled and
+      ``value`` goes back to the pool through the queue's ``refused`` callback, so nothing is lost
+      (terminal).
+
+    ``expires`` is when its checkout timeout ends (for waiters on the shared expiry timer), ``budget`` when
+    its caller's deadline ends (0.0: none), ``since`` when it queued.
+    """
+
+    __slots__ = ("budget", "expires", "greenlet", "since", "state", "value", "wake")
+
+    def __init__(self, greenlet: Any, since: float, budget: float) -> None:
+        self.greenlet = greenlet
+        self.state = WAITING
+        self.value: Any = None
+        self.wake: Any = None
+        self.expires = 0.0
+        self.since = since
+        self.budget = budget
+
+
+class WaitQueue:
+    """The waiters of one pool and the order they are served in.
+
+    Policies (``policy``):
+
+    - ``"fifo"``: strictly first come, first served. Best while the pool keeps up: nobody waits longer than
+      their share of the queue (the 5000-greenlet closed loop completes 100 % of its checkouts).
+    - ``"lifo"``: the newest waiter first. Under overload the newest waiter has the most time left before its
+      deadline; the oldest are the doomed ones.
+    - ``"adaptive"`` (the pools' default): FIFO while it serves waiters in time, LIFO while it would not.
+      The queue estimates how long waiters are willing to wait (their *patience*: a high percentile of how
+      long the last waiters that gave up had waited, once enough of them gave up recently) and how long a
+      newcomer would wait under FIFO (the waiters ahead times how long a checkout holds a connection, over
+      ``max_size``). It turns to LIFO when that wait exceeds the patience, and back to FIFO when it falls
+      under half of it, or when the queue empties. A long queue that is served in time (no one gives up)
+      stays FIFO however long it is. In LIFO mode a greenlet that released a connection within the last
+      20 ms (it is in the middle of a request) is served before newcomers, so requests of several commands
+      finish instead of each doing its first command only.
+
+    With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met (its remaining
+    budget is shorter than the expected wait, or runs out while it is queued) is refused at once instead of
+    holding its place: no slot taken, no connection handed to a greenlet about to be interrupted.
+
+    ``refused(value)`` takes back a value handed to a waiter that was interrupted before it resumed.
+    Everything runs in the pool's hub; nothing here blocks except :meth:`wait`.
+    """
+
+    def __init__(self, policy: str, refused: Callable[[Any], None]) -> None:
+        self.policy = policy
+        self._refused = refused
+        self.lifo = policy == "lifo"
+        self._adaptive = policy == "adaptive"
+        self._waiters: Deque[Waiter] = deque()
+        self._first: Deque[Waiter] = deque()  # adaptive LIFO mode: greenlets in the middle of a request
+        # Waiters that share one timeout are also queued here, in arrival order, so their expiry times are in
+        # order too and one timer, armed for the oldest, expires them all (no timer per wait).
+        self._expiry: Deque[Waiter] = deque()
+        self._expiry_timeout: Optional[float] = None
+        self._expiry_timer: Any = None
+        self.nwaiting = 0  # live waiters (the deques also hold gone ones, skipped lazily)
+        self.nhanding = 0  # waiters handed something that have not resumed yet
+        self._ngone = 0
+        self._hub: Any = None
+        self._loop: Any = None
+        # Adaptive policy state.
+        self._gave_up: Deque[float] = deque(maxlen=_PATIENCE_SAMPLES)  # seconds waited by those who gave up
+        self._gave_up_at: Deque[float] = deque(maxlen=_PATIENCE_SAMPLES)
+        #: Seconds a connection is held per checkout, recently (an average the pool keeps up to date).
+        self.hold = 0.0
+        self._released: Dict[Any, float] = {}  # LIFO mode: greenlet -> when it last released a connection
+        self._mode_since = 0.0
+        # Figures for get_stats().
+        self.switches = 0
+        self.lifo_seconds = 0.0
+        self.shed = 0
+
+    def bind(self, hub: Any) -> None:
+        self._hub = hub
+        self._loop = hub.loop
+        self._mode_since = _green.monotonic()
+
+    def close(self) -> None:
+        """Stop the shared expiry timer (the pool is closing or forking)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.close()
+            self._expiry_timer = None
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait(self, timeout: Optional[float], max_size: int) -> Any:
+        """Queue the current greenlet and block until it is handed a value or its time is up.
+
+        Returns the value handed over (an entry or the slot marker; an exception value is raised), or
+        :data:`EXPIRED` when ``timeout`` seconds passed first or the caller's deadline cannot be met. An
+        interruption (kill, outer ``gevent.Timeout``) propagates after the waiter left the queue; a value
+        handed to it meanwhile goes back through ``refused``.
+        """
+        now = _green.monotonic()
+        greenlet = _green.getcurrent()
+        budget = BUDGETS.get(greenlet, 0.0) if BUDGETS else 0.0
+        if self._adaptive:
+            self._adapt(now, max_size)
+        if budget and budget - now < self.expected_wait(max_size):
+            self.shed += 1
+            return EXPIRED
+        waiter = Waiter(greenlet, now, budget)
+        if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
+            self._first.append(waiter)
+        else:
+            self._waiters.append(waiter)
+        self.nwaiting += 1
+        timer = None
+        if timeout is not None:
+            expiry = self._expiry
+            if not expiry or timeout == self._expiry_timeout:
+                self._expiry_timeout = timeout
+                waiter.expires = now + timeout
+                expiry.append(waiter)
+                if self._expiry_timer is None:
+                    self._arm_expiry(timeout)
+            else:
+                timer = self._loop.timer(timeout)
+                timer.start(self._expire, waiter)
+        try:
+            self._hub.switch()
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.close()
+        if waiter.state != GIVEN:
+            # Woken by a timer, or refused for its deadline (state GONE).
+            if waiter.state == WAITING:  # pragma: no cover - a stray switch into this greenlet
+                self._leave(waiter)
+            return EXPIRED
+        waiter.state = DONE
+        self.nhanding -= 1
+        value = waiter.value
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def expected_wait(self, max_size: int) -> float:
+        """Seconds a greenlet queuing now should expect to wait for its turn, plus one use of the connection.
+
+        While every connection is busy one frees up every ``hold / max_size`` seconds on average; in LIFO mode
+        only the greenlets in the middle of a request are ahead of a newcomer. 0.0 until a use was measured.
+        """
+        ahead = len(self._first) if self.lifo else self.nwaiting
+        return (ahead + 1) * self.hold / max_size + self.hold
+
+    def released(self, greenlet: Any, now: float) -> None:
+        """Note that ``greenlet`` released a connection at ``now`` (called only while in LIFO mode)."""
+        released = self._released
+        released[greenlet] = now
+        if len(released) > 4096:
+            horizon = now - _CONTINUATION
+            self._released = {g: t for g, t in released.items() if t > horizon}
+
+    # ------------------------------------------------------------------ handing over
+
+    def hand_off(self, value: Any) -> bool:
+        """Give ``value`` to the next live waiter by the policy; return False when nobody waits."""
+        if self._first:
+            waiter = self._next(self._first, False)
+            if waiter is not None:
+                self._give(waiter, value)
+                return True
+        waiter = self._next(self._waiters, self.lifo)
+        if waiter is None:
+            return False
+        self._give(waiter, value)
+        return True
+
+    def _next(self, waiters: Deque[Waiter], newest: bool) -> Optional[Waiter]:
+        """Pop the next live waiter whose deadline (if any) can still be met; refuse those whose cannot."""
+        while waiters:
+            waiter = waiters.pop() if newest else waiters.popleft()
+            if waiter.state != WAITING:
+                self._ngone -= 1
+                continue
+            if waiter.budget and waiter.budget <= _green.monotonic() + self.hold:
+                self.shed += 1
+                self._leave(waiter)
+                self._ngone -= 1
+                waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
+                continue
+            return waiter
+        return None
+
+    def _give(self, waiter: Waiter, value: Any) -> None:
+        waiter.state = GIVEN
+        waiter.value = value
+        self.nwaiting -= 1
+        self.nhanding += 1
+        waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
+        expiry = self._expiry
+        while expiry and expiry[0].state != WAITING:
+            expiry.popleft()
+        while expiry and expiry[-1].state != WAITING:
+            expiry.pop()
+        if not self.nwaiting and self.lifo and self._adaptive:
+            self._set_lifo(False, _green.monotonic())
+
+    # ------------------------------------------------------------------ leaving
+
+    def _abandon(self, waiter: Waiter) -> None:
+        """The waiting greenlet was interrupted: leave the queue, passing on anything handed to it."""
+        state = waiter.state
+        if state == WAITING:
+            self._gave_up_after(_green.monotonic() - waiter.since)
+            self._leave(waiter)
+            return
+        if waiter.wake is not None:
+            # Its wake-up (a hand-off, or the news that its time is up) is still scheduled: cancel it, or it
+            # would later switch into this greenlet wherever it is waiting by then.
+            waiter.wake.stop()
+        if state == GIVEN:
+            waiter.state = GONE
+            self.nhanding -= 1
+            value, waiter.value = waiter.value, None
+            self._refused(value)
+
+    def _expire(self, waiter: Waiter) -> None:
+        """Timer callback (runs in the hub): the waiter's time is up unless it was already handed something."""
+        if waiter.state == WAITING:
+            self._gave_up_after(_green.monotonic() - waiter.since)
+            self._leave(waiter)
+            waiter.greenlet.switch()
+
+    def _arm_expiry(self, delay: float) -> None:
+        timer = self._loop.timer(max(delay, 0.0))
+        timer.start(self._on_expiry)
+        self._expiry_timer = timer
+
+    def _on_expiry(self) -> None:
+        """Shared timer callback (runs in the hub): time out every due waiter, re-arm for the next one."""
+        self._expiry_timer.close()
+        self._expiry_timer = None
+        expiry = self._expiry
+        now = _green.monotonic()
+        while expiry:
+            waiter = expiry[0]
+            if waiter.state != WAITING:
+                expiry.popleft()
+            elif waiter.expires <= now + 0.001:
+                expiry.popleft()
+                self._gave_up_after(now - waiter.since)
+                self._leave(waiter)
+                waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
+            else:
+                self._arm_expiry(waiter.expires - now)
+                break
+
+    def _leave(self, waiter: Waiter) -> None:
+        """Mark a still-queued waiter as gone; it is skipped (and eventually pruned) by the hand-off."""
+        waiter.state = GONE
+        self.nwaiting -= 1
+        self._ngone += 1
+        if self._ngone > 64 and self._ngone > self.nwaiting:
+            self._waiters = deque(w for w in self._waiters if w.state == WAITING)
+            self._first = deque(w for w in self._first if w.state == WAITING)
+            self._ngone = 0
+        if not self.nwaiting and self.lifo and self._adaptive:
+            self._set_lifo(False, _green.monotonic())
+
+    def fail_all(self, error: BaseException) -> None:
+        """Hand ``error`` to every waiter (the pool is closing)."""
+        while self.nwaiting and self.hand_off(error):
+            pass
+
+    # ------------------------------------------------------------------ the adaptive policy
+
+    def _gave_up_after(self, waited: float) -> None:
+        if self._adaptive:
+            self._gave_up.append(waited)
+            self._gave_up_at.append(_green.monotonic())
+
+    def _patience(self, now: float) -> float:
+        """How long waiters are willing to wait: a high percentile of what those who gave up had waited."""
+        at = self._gave_up_at
+        if len(at) < _PATIENCE_QUORUM:
+            return float("inf")
+        recent = [w for w, t in zip(self._gave_up, at) if now - t < max(1.0, 10.0 * w)]
+        if len(recent) < _PATIENCE_QUORUM:
+            return float("inf")
+        recent.sort()
+        return recent[(len(recent) * 3) // 4]
+
+    def _adapt(self, now: float, max_size: int) -> None:
+        """Pick FIFO or LIFO (adaptive policy; runs as a waiter queues, on the contended path only)."""
+        patience = self._patience(now)
+        if patience == float("inf"):
+            if self.lifo:
+                self._set_lifo(False, now)
+            return
+        fifo_wait = self.nwaiting * self.hold / max_size
+        if not self.lifo and fifo_wait > patience:
+            self._set_lifo(True, now)
+        elif self.lifo and fifo_wait < 0.5 * patience:
+            self._set_lifo(False, now)
+
+    def _set_lifo(self, lifo: bool, now: float) -> None:
+        if lifo == self.lifo:
+            return
+        if self.lifo:
+            self.lifo_seconds += now - self._mode_since
+            self._released = {}
+            # Back to FIFO: the waiters that jumped the queue keep their place at its head.
+            if self._first:
+                self._waiters.extendleft(reversed(self._first))
+                self._first = deque()
+        self.lifo = lifo
+        self._mode_since = now
+        self.switches += 1
+
+    def stats(self) -> Dict[str, Any]:
+        """The policy's figures for ``get_stats()``."""
+        lifo_seconds = self.lifo_seconds
+        if self.lifo and self._adaptive:
+            lifo_seconds += _green.monotonic() - self._mode_since
+        return {
+            "queue_policy": self.policy,
+            "queue_mode": "lifo" if self.lifo else "fifo",
+            "queue_mode_switches": self.switches,
+            "queue_lifo_s": round(lifo_seconds, 3),
+            "requests_shed": self.shed,
+        }
+
+    def reset_stats(self) -> None:
+        now = _green.monotonic()
+        self.switches = 0
+        self.shed = 0
+        self.lifo_seconds = 0.0
+        if self.lifo:
+            self._mode_since = now
+
+    def live_waiters(self) -> List[Waiter]:
+        return [w for w in (*self._first, *self._waiters) if w.state == WAITING]

@@ -1,0 +1,288 @@
+"""The wait queue's policies and ``greenpool.deadline``, driven step by step with fake connections.
+
+The pool's clock (``greenpool._green.monotonic``) is replaced by a counter the test advances, so the adaptive
+policy's estimates (service rate, patience) are exact and nothing depends on the machine's speed. Waiters give
+up by being killed (as an outer ``gevent.Timeout`` would do), never by real time passing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, List
+
+import gevent
+import gevent.event
+import pytest
+
+import greenpool
+from greenpool import Pool, PoolTimeout, _green, deadline
+from greenpool._deadline import BUDGETS
+
+
+class Conn:
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    fake = Clock()
+    monkeypatch.setattr(_green, "monotonic", fake)
+    import greenpool._deadline as deadline_module
+
+    monkeypatch.setattr(deadline_module, "monotonic", fake)
+    yield fake
+
+
+def settle() -> None:
+    """Let every runnable greenlet run (hand-offs resume their waiters)."""
+    for _ in range(3):
+        gevent.sleep(0)
+
+
+def queue_up(pool: Pool[Conn], n: int, served: List[int], start: int = 0) -> List[gevent.Greenlet]:
+    """Spawn ``n`` greenlets that each wait for a connection, note their number when served, and hold it."""
+    held: List[Any] = []
+
+    def one(i: int) -> Any:
+        conn = pool.acquire()
+        served.append(i)
+        held.append(conn)
+        return conn
+
+    greenlets = []
+    for i in range(start, start + n):
+        greenlets.append(gevent.spawn(one, i))
+        gevent.sleep(0)  # queue in this order
+    return greenlets
+
+
+def test_bad_policy_names_the_argument() -> None:
+    with pytest.raises(ValueError, match="queue_policy must be one of 'adaptive', 'fifo', 'lifo', got 'random'"):
+        Pool(Conn, queue_policy="random")
+    with pytest.raises(TypeError, match="queue_policy"):
+        Pool(Conn, queue_policy=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("policy", "order"), [("fifo", [0, 1, 2, 3]), ("lifo", [3, 2, 1, 0])])
+def test_fixed_policies_serve_in_their_order(policy: str, order: List[int]) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None, queue_policy=policy)
+    conn = pool.acquire()
+    served: List[int] = []
+    waiters = queue_up(pool, 4, served)
+    for _ in range(4):
+        pool.release(conn)
+        settle()
+        conn = waiters[served[-1]].value
+    assert served == order
+    pool.release(conn)
+    assert pool.get_stats()["queue_policy"] == policy
+
+
+def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    conn = pool.acquire()
+    served: List[int] = []
+    waiters = queue_up(pool, 200, served)
+    for _ in range(200):
+        clock.advance(0.001)
+        pool.release(conn)
+        settle()
+        conn = waiters[served[-1]].value
+    assert served == list(range(200))
+    stats = pool.get_stats()
+    assert stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 0
+    pool.release(conn)
+
+
+def make_overloaded(clock: Clock) -> Any:
+    """A pool of one connection serving 100 checkouts/s whose last waiters gave up after 10 ms each."""
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    conn = pool.acquire()
+    served: List[int] = []
+    # Establish the service rate: 10 hand-offs 10 ms apart.
+    waiters = queue_up(pool, 10, served)
+    for _ in range(10):
+        clock.advance(0.01)
+        pool.release(conn)
+        settle()
+        conn = waiters[served[-1]].value
+    # Ten waiters give up after 10 ms in the queue (their callers' deadlines fired).
+    doomed = queue_up(pool, 10, served, start=100)
+    clock.advance(0.01)
+    for g in doomed:
+        g.kill()
+    assert pool.waiting == 0 and pool.get_stats()["queue_mode"] == "fifo"
+    return pool, conn, served
+
+
+def test_adaptive_turns_lifo_when_waiters_give_up_and_back_when_the_queue_empties(clock: Clock) -> None:
+    pool, conn, served = make_overloaded(clock)
+    served.clear()
+    # 20 waiters at 100/s would wait 0.2 s in FIFO order, 20x what waiters put up with: LIFO.
+    waiters = queue_up(pool, 20, served, start=200)
+    stats = pool.get_stats()
+    assert stats["queue_mode"] == "lifo" and stats["queue_mode_switches"] == 1
+    clock.advance(0.01)
+    pool.release(conn)
+    settle()
+    assert served == [219]  # the newest
+    conn = waiters[19].value
+    for g in waiters[:19]:
+        g.kill()  # the rest give up; the queue empties
+    assert pool.waiting == 0
+    stats = pool.get_stats()
+    assert stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 2
+    assert stats["queue_lifo_s"] == pytest.approx(0.01)
+    pool.release(conn)
+
+
+def test_lifo_serves_a_greenlet_in_the_middle_of_a_request_before_newcomers(clock: Clock) -> None:
+    pool, conn, served = make_overloaded(clock)
+    served.clear()
+    newcomers = queue_up(pool, 20, served, start=300)
+    assert pool.get_stats()["queue_mode"] == "lifo"
+    order: List[str] = []
+
+    def request() -> None:
+        # Holds the connection for its first command, releases it and asks again for its second.
+        first = pool.acquire()
+        order.append("first")
+        pool.release(first)
+        second = pool.acquire()
+        order.append("second")
+        pool.release(second)
+
+    pool.release(conn)
+    settle()  # newcomer 319 holds it now
+    conn = newcomers[19].value
+    g = gevent.spawn(request)
+    gevent.sleep(0)  # queued as the newest
+    pool.release(conn)
+    settle()
+    assert order == ["first"]  # its first command done, it released the connection to newcomer 318
+    assert served[-1] == 318
+    pool.release(newcomers[18].value)
+    settle()
+    assert order == ["first", "second"]  # its second checkout went ahead of the 18 older newcomers
+    g.join(5)
+    settle()
+    for w in newcomers:
+        if not w.dead:
+            w.kill()  # still queued: they give up
+    pool.release(newcomers[served[-1] - 300].value)  # the newcomer it handed the connection to
+    assert pool.size == 1 and pool.in_use == 0 and pool.waiting == 0
+
+
+# ---------------------------------------------------------------------- deadlines
+
+
+def test_deadline_raises_gevent_timeout_and_restores_nothing_behind() -> None:
+    with pytest.raises(gevent.Timeout):
+        with deadline(0.01):
+            assert greenpool.remaining() is not None
+            gevent.sleep(5)
+    assert BUDGETS == {} and greenpool.remaining() is None
+
+
+def test_deadlines_nest_and_never_extend() -> None:
+    with deadline(0.5) as outer:
+        with deadline(30) as inner:
+            assert inner.at == outer.at
+            left = greenpool.remaining()
+            assert left is not None and left <= 0.5
+        with deadline(0.1) as shorter:
+            assert shorter.at < outer.at
+        assert greenpool.remaining() == pytest.approx(outer.remaining(), abs=0.05)
+    assert BUDGETS == {}
+
+
+def test_deadline_bad_input_names_the_argument() -> None:
+    with pytest.raises(ValueError, match="seconds must be a finite number of seconds >= 0, got -1"):
+        deadline(-1)
+    with pytest.raises(TypeError, match="seconds must be a number of seconds, got None"):
+        deadline(None)  # type: ignore[arg-type]
+
+
+def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> None:
+    pool, conn, served = make_overloaded(clock)
+    # 5 waiters at 100/s would wait 50 ms in FIFO order: LIFO, so a newcomer expects its turn after the
+    # current holder's (10 ms) and its own use (10 ms).
+    ahead = queue_up(pool, 5, served, start=400)
+    assert pool.get_stats()["queue_mode"] == "lifo"
+    size = pool.size
+    with deadline(0.015):
+        with pytest.raises(PoolTimeout, match="deadline would run out before its turn"):
+            pool.acquire()
+    stats = pool.get_stats()
+    assert stats["requests_shed"] == 1 and pool.size == size and pool.waiting == 5
+    with deadline(5):
+        late = gevent.spawn(pool.acquire)
+        gevent.sleep(0)
+    assert pool.waiting == 6  # a budget that covers the wait queues as usual
+    for g in [late, *ahead]:
+        g.kill()
+    pool.release(conn)
+    assert pool.waiting == 0 and pool.in_use == 0 and pool.size == 1
+
+
+def test_hand_off_skips_a_waiter_whose_deadline_ran_out(clock: Clock) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    conn = pool.acquire()
+    errors: List[BaseException] = []
+
+    def doomed() -> None:
+        with deadline(5):  # real time: long; the pool's clock is the fake one
+            try:
+                pool.acquire()
+            except PoolTimeout as exc:
+                errors.append(exc)
+
+    first = gevent.spawn(doomed)
+    gevent.sleep(0)
+    second = gevent.spawn(pool.acquire)
+    gevent.sleep(0)
+    clock.advance(10)  # the first waiter's budget has run out
+    pool.release(conn)
+    settle()
+    assert second.dead and second.value is conn  # handed to the next waiter instead
+    assert first.dead and len(errors) == 1
+    assert pool.get_stats()["requests_shed"] == 1 and pool.size == 1
+    pool.release(conn)
+
+
+def test_a_waiter_interrupted_after_its_time_ran_out_gets_no_stray_wake_up(clock: Clock) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=60)
+    held = pool.acquire()
+    outcome: List[Any] = []
+
+    class Interrupt(Exception):
+        pass
+
+    def waiter() -> None:
+        try:
+            pool.acquire()
+        except Interrupt:
+            outcome.append("interrupted")
+        # Wait on something else: a stale wake-up from the pool would switch in here and end the wait early.
+        outcome.append(gevent.event.Event().wait(0.2))
+
+    g = gevent.spawn(waiter)
+    gevent.sleep(0)
+    g.kill(Interrupt, block=False)  # lands first...
+    clock.advance(61)
+    pool._queue._on_expiry()  # ...after its checkout timed out and its wake-up was scheduled
+    g.join(5)
+    assert g.successful() and outcome == ["interrupted", False]
+    assert pool.waiting == 0 and pool.handing_over == 0
+    pool.release(held)
