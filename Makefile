@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian/Ubuntu packages the tests and the harness start (binary:package).
 SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
 
-.PHONY: test stress faults lint servers venv clean
+.PHONY: test test-loaded stress faults lint servers venv clean
 
 test: venv servers
 	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
@@ -15,7 +15,12 @@ stress: venv servers
 
 # The fault suite alone, longer and with more greenlets, ending with its summary table.
 faults: venv servers
-	GREENPOOL_FAULTS_LONG=1 $(BIN)/python -m gevent.monkey --module pytest tests/test_faults.py $(PYTEST_ARGS)
+	GREENPOOL_FAULTS_LONG=1 $(BIN)/python -m gevent.monkey --module pytest tests/test_faults.py tests/test_faults_connect.py tests/test_restarts.py $(PYTEST_ARGS)
+
+# The whole suite beside two CPU-burning processes (BURNERS=n for more), as on a busy machine: no test may
+# depend on the machine's speed. The burners stop with the run, however it ends.
+test-loaded: venv servers
+	MAKE="$(MAKE)" PYTEST_ARGS="$(PYTEST_ARGS)" sh tests/loaded.sh
 
 lint: venv
 	$(BIN)/ruff check greenpool tests stress

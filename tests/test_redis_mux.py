@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 import uuid
 from typing import Any, Dict, Iterator, List
 
@@ -31,7 +32,7 @@ from redis.retry import Retry
 from greenpool.errors import WrongThread
 from greenpool.redis_mux import RedisMuxPool
 from stress.servers import RedisServer
-from tests.test_redis import watched_increments
+from tests.test_redis import blocked_clients, wait_until, watched_increments
 
 
 def make_pool(server: Any, **kwargs: Any) -> RedisMuxPool:
@@ -231,6 +232,11 @@ def test_replies_match_requests_under_1000_greenlets(redis_server: Any, prefix: 
         mux.disconnect()
 
 
+#: How many of each outcome the interruption soak wants before it stops (it fails after SOAK_BUDGET seconds).
+SOAK_WANT = {"interrupted": 200, "done": 200, "dropped": 20}
+SOAK_BUDGET = 30.0
+
+
 def test_interruption_soak_never_mismatches(redis_server: Any, prefix: str) -> None:
     mux = make_pool(redis_server, max_in_flight=64)
     r = redis.StrictRedis(connection_pool=mux)
@@ -261,24 +267,37 @@ def test_interruption_soak_never_mismatches(redis_server: Any, prefix: str) -> N
             except gevent.Timeout:
                 interrupted[0] += 1
 
-    greenlets = [gevent.spawn(worker, seed) for seed in range(300)]
     killer_rng = random.Random(3)
 
-    def killer() -> None:
+    def killer(greenlets: List[gevent.Greenlet]) -> None:
         for _ in range(50):
             gevent.sleep(0.002)
             victim = killer_rng.choice(greenlets)
             victim.kill(block=False)
 
-    gevent.joinall([*greenlets, gevent.spawn(killer)])
+    def reached() -> Dict[str, int]:
+        return {"interrupted": interrupted[0], "done": done[0], "dropped": int(mux.get_stats()["mux_dropped"])}
+
+    # Where the timeouts land depends on the machine's speed: run passes until each outcome happened often enough.
+    started = time.monotonic()
+    passes = 0
+    while time.monotonic() - started < SOAK_BUDGET:
+        greenlets = [gevent.spawn(worker, passes * 300 + seed) for seed in range(300)]
+        everyone = [*greenlets, gevent.spawn(killer, greenlets)]
+        gevent.joinall(everyone, timeout=60)
+        assert all(g.dead for g in everyone), "a greenlet hung"
+        passes += 1
+        if all(reached()[what] >= want for what, want in SOAK_WANT.items()):
+            break
     try:
         assert mismatches == []
-        assert interrupted[0] > 0 and done[0] > 0
         for i, key in enumerate(keys):  # the socket still serves correct replies afterwards
             assert r.get(key) == f"value-{i}".encode() * (i + 1)
-        stats = mux.get_stats()
-        assert stats["mux_dropped"] > 0
-        assert stats["mux_in_flight"] == 0
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 0)  # every late reply came and was dropped
+        outcome = reached()
+        assert all(outcome[what] >= want for what, want in SOAK_WANT.items()), (
+            f"{outcome} after {passes} passes in {time.monotonic() - started:.1f} s, wanted {SOAK_WANT}"
+        )
     finally:
         r.delete(*keys)
         mux.disconnect()
@@ -356,7 +375,7 @@ def test_blpop_while_hammered(client: redis.Redis, prefix: str, hammer: List[int
     key = prefix + "queue"
     assert client.blpop([key], timeout=0.2) is None
     waiter = gevent.spawn(client.blpop, [key], 5)
-    gevent.sleep(0.05)
+    wait_until(lambda: blocked_clients(client) >= 1)  # the BLPOP blocks on the server: the push must wake it
     client.rpush(key, "item")
     assert waiter.get(timeout=5) == (key.encode(), b"item")
 
@@ -390,7 +409,8 @@ def test_socket_timeout_fails_only_waiting_requests(debug_redis: Any) -> None:
     r = redis.StrictRedis(connection_pool=mux)
     r.set("k", "v")
     sleeper = gevent.spawn(r.execute_command, "DEBUG", "SLEEP", "1")
-    gevent.sleep(0.05)
+    # Sent on the one shared socket: the GET below goes behind it, so the server answers it only after the sleep.
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
     with pytest.raises(RedisTimeoutError):
         r.get("k")
     with pytest.raises(RedisTimeoutError):
@@ -438,18 +458,16 @@ def test_disconnect_fails_pending_requests(debug_redis: Any) -> None:
     mux = make_pool(debug_redis, retry=no_retry())
     r = redis.StrictRedis(connection_pool=mux)
     r.ping()
-    blocker = redis.StrictRedis(host=debug_redis.host, port=debug_redis.port)
-    sleeper = gevent.spawn(blocker.execute_command, "DEBUG", "SLEEP", "1")
-    gevent.sleep(0.05)
+    # The pings queue behind DEBUG SLEEP on the one shared socket: none can be answered before disconnect().
+    sleeper = gevent.spawn(r.execute_command, "DEBUG", "SLEEP", "1")
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
     pending = [gevent.spawn(r.ping) for _ in range(50)]
-    gevent.sleep(0.05)
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 51)
     mux.disconnect()
-    gevent.joinall(pending, timeout=0.5)
-    assert all(g.ready() for g in pending)
-    assert all(isinstance(g.exception, RedisConnectionError) for g in pending)
-    sleeper.join()
-    blocker.close()
-    assert r.ping() is True  # reconnects
+    gevent.joinall([*pending, sleeper], timeout=5)
+    assert all(g.ready() for g in [*pending, sleeper])
+    assert all(isinstance(g.exception, RedisConnectionError) for g in [*pending, sleeper])
+    assert r.ping() is True  # reconnects (and waits for the server to wake up)
     mux.disconnect()
 
 
@@ -491,11 +509,11 @@ def test_server_killed_mid_flight_then_recovers(debug_redis: Any) -> None:
     r.set("k", "v")
     r.execute_command("CONFIG", "SET", "save", "")
     sleeper = gevent.spawn(r.execute_command, "DEBUG", "SLEEP", "5")
-    gevent.sleep(0.05)
-    pending = [gevent.spawn(r.get, "k") for _ in range(200)]
-    gevent.sleep(0.05)
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
+    pending = [gevent.spawn(r.get, "k") for _ in range(200)]  # behind the sleep on the shared socket
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 201)
     debug_redis.kill()
-    gevent.joinall([*pending, sleeper], timeout=2)
+    gevent.joinall([*pending, sleeper], timeout=10)
     assert all(g.ready() for g in [*pending, sleeper])
     assert all(isinstance(g.exception, RedisConnectionError) for g in [*pending, sleeper])
     with pytest.raises(RedisConnectionError):

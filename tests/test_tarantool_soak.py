@@ -96,19 +96,26 @@ def test_1000_greenlets_on_5_connections_lose_no_write(tarantool_server: Any) ->
         stats = pool.get_stats()
         assert pool.in_use == 0 and pool.waiting == 0 and pool.size == pool.idle == 5
         assert stats["requests_num"] >= greenlets * rounds * 2 and stats["requests_errors"] == 0
-        assert stats["connections_num"] == 5 and stats["connections_lost"] == 0
-        assert elapsed < 60, f"{greenlets * rounds * 2} requests took {elapsed:.1f} s"
+        assert stats["connections_num"] == 5 and stats["connections_lost"] == 0, f"{elapsed:.1f} s, {stats}"
     finally:
         delete_range(tarantool_server, base, base + greenlets * rounds)
         pool.close()
 
 
+#: The interruption soak runs passes until this many requests were interrupted and this many completed, and at
+#: least SOAK_MIN_PASSES passes; it fails when the counts are not reached within SOAK_BUDGET seconds (how the
+#: timeouts land depends on the machine's speed).
+SOAK_WANT = 150
+SOAK_MIN_PASSES = 3
+SOAK_BUDGET = 40.0
+
+
 def test_random_interruptions_never_deliver_a_wrong_reply(fresh_tarantool: Any) -> None:
     """Greenlets replace and select their own keys under ``gevent.Timeout``s drawn around the request's own
-    latency on a busy server: whatever is interrupted, every reply read is the one for its request, and
-    nothing leaks."""
+    latency on a busy server (measured again before each pass): whatever is interrupted, every reply read is the
+    one for its request, and nothing leaks."""
     server = fresh_tarantool
-    greenlets, keys_each, rounds = 10, 4, 60
+    greenlets, keys_each, rounds = 10, 4, 20
     pool = make_pool(server, max_connections=5, timeout=30.0)
     tokens = iter(range(1, 10**9))
     # Per key, the values that may be stored: the last acknowledged write, or any interrupted write (the
@@ -164,8 +171,8 @@ def test_random_interruptions_never_deliver_a_wrong_reply(fresh_tarantool: Any) 
             acked[key] = token
             assert timed("select", "tester", key).data == [[key, token]]
 
-    def worker(g: int, latency: float) -> None:
-        rnd = random.Random(g)
+    def worker(g: int, latency: float, n: int) -> None:
+        rnd = random.Random(n * greenlets + g)
         for _ in range(rounds):
             key = rnd.choice(keys_of(g))
             token = next(tokens)
@@ -182,20 +189,31 @@ def test_random_interruptions_never_deliver_a_wrong_reply(fresh_tarantool: Any) 
 
     gevent.joinall([gevent.spawn(warm, g) for g in range(greenlets)], raise_error=True)
     pool.eval(BUSY_SERVER)
-    # The same concurrency without interruptions measures the latency the timeouts are drawn around.
-    latencies.clear()
-    gevent.joinall([gevent.spawn(calibrate, g) for g in range(greenlets)], raise_error=True)
-    latency = statistics.median(latencies)
     lost_before = pool.get_stats()["connections_lost"]
-    gevent.joinall([gevent.spawn(worker, g, latency) for g in range(greenlets)], raise_error=True)
+    started = time.monotonic()
+    passes: List[float] = []
+
+    def enough() -> bool:
+        interrupted = counts["interrupted"]
+        return min(interrupted, counts["ops"] - interrupted) >= SOAK_WANT
+
+    while (not enough() or len(passes) < SOAK_MIN_PASSES) and time.monotonic() - started < SOAK_BUDGET:
+        # The same concurrency without interruptions measures the latency the timeouts are drawn around.
+        latencies.clear()
+        gevent.joinall([gevent.spawn(calibrate, g) for g in range(greenlets)], raise_error=True)
+        latency = statistics.median(latencies)
+        passes.append(latency)
+        n = len(passes)
+        gevent.joinall([gevent.spawn(worker, g, latency, n) for g in range(greenlets)], raise_error=True)
     pool.eval("_G.greenpool_busy = false")
 
     stats = pool.get_stats()
-    share = counts["interrupted"] / counts["ops"]
-    assert mismatches == []
-    assert 0.1 <= share <= 0.9, f"{share:.0%} of {counts['ops']} requests interrupted"
+    detail = f"{counts} in {len(passes)} passes, latencies {[round(x * 1000, 2) for x in passes]} ms, {stats}"
+    assert mismatches == [], detail
+    # Enough requests were interrupted, and enough completed, for the checks to mean something.
+    assert enough(), f"wanted {SOAK_WANT} interrupted and {SOAK_WANT} completed within {SOAK_BUDGET} s: {detail}"
     # Every interrupted request closed its connection, and only those were closed.
-    assert stats["connections_lost"] - lost_before == counts["interrupted"] and stats["checks_failed"] == 0
+    assert stats["connections_lost"] - lost_before == counts["interrupted"] and stats["checks_failed"] == 0, detail
     # No leak: every slot is an idle connection, and the server sees exactly those connections.
     assert pool.in_use == 0 and pool.waiting == 0 and pool.size == pool.idle <= 5
     assert stats["connections_num"] - stats["connections_closed"] == pool.size
