@@ -39,6 +39,10 @@ _PATIENCE_SAMPLES = 32
 _PATIENCE_QUORUM = 8
 #: A greenlet that released a connection this recently is in the middle of a request (adaptive policy).
 _CONTINUATION = 0.02
+#: The adaptive policy counts hand-offs and give-ups in windows of this many seconds.
+_WINDOW = 0.1
+#: Under this share of give-ups (among those who left the queue, over the last two windows) the queue keeps up.
+_GIVE_UP_SHARE = 0.1
 
 
 class Waiter:
@@ -120,6 +124,10 @@ class WaitQueue:
         # Adaptive policy state.
         self._gave_up: Deque[float] = deque(maxlen=_PATIENCE_SAMPLES)  # seconds waited by those who gave up
         self._gave_up_at: Deque[float] = deque(maxlen=_PATIENCE_SAMPLES)
+        self._window_start = 0.0
+        self._window = [0, 0]  # this window's give-ups and hand-offs
+        self._last_window = [0, 0]
+        self._patience_now = float("inf")
         #: Seconds a connection is held per checkout, recently (an average the pool keeps up to date).
         self.hold = 0.0
         self._released: Dict[Any, float] = {}  # LIFO mode: greenlet -> when it last released a connection
@@ -247,6 +255,7 @@ class WaitQueue:
     def _give(self, waiter: Waiter, value: Any) -> None:
         waiter.state = GIVEN
         waiter.value = value
+        self._window[1] += 1
         self.nwaiting -= 1
         self.nhanding += 1
         waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
@@ -331,6 +340,7 @@ class WaitQueue:
         if self._adaptive:
             self._gave_up.append(waited)
             self._gave_up_at.append(_green.monotonic())
+            self._window[0] += 1
 
     def _patience(self, now: float) -> float:
         """How long waiters are willing to wait: a high percentile of what those who gave up had waited."""
@@ -344,16 +354,28 @@ class WaitQueue:
         return recent[(len(recent) * 3) // 4]
 
     def _adapt(self, now: float, max_size: int) -> None:
-        """Pick FIFO or LIFO (adaptive policy; runs as a waiter queues, on the contended path only)."""
-        patience = self._patience(now)
-        if patience == float("inf"):
-            if self.lifo:
-                self._set_lifo(False, now)
-            return
+        """Pick FIFO or LIFO (adaptive policy; runs as a waiter queues, on the contended path only).
+
+        LIFO while (1) waiters give up before their turn, at least ``_PATIENCE_QUORUM`` of them and
+        ``_GIVE_UP_SHARE`` of those leaving the queue over the last two windows, and (2) under FIFO a newcomer
+        would wait longer than they put up with; FIFO again once that wait is under half their patience, once
+        nobody gave up for two windows, or when the queue empties.
+        """
+        elapsed = now - self._window_start
+        if elapsed >= _WINDOW:
+            self._last_window = self._window if elapsed < 2 * _WINDOW else [0, 0]
+            self._window = [0, 0]
+            self._window_start = now
+            self._patience_now = self._patience(now)
+        gave_up = self._window[0] + self._last_window[0]
+        handed = self._window[1] + self._last_window[1]
+        pressed = gave_up >= _PATIENCE_QUORUM and gave_up >= _GIVE_UP_SHARE * (gave_up + handed)
+        patience = self._patience_now
         fifo_wait = self.nwaiting * self.hold / max_size
-        if not self.lifo and fifo_wait > patience:
-            self._set_lifo(True, now)
-        elif self.lifo and fifo_wait < 0.5 * patience:
+        if not self.lifo:
+            if pressed and fifo_wait > patience:
+                self._set_lifo(True, now)
+        elif not gave_up or fifo_wait < 0.5 * patience:
             self._set_lifo(False, now)
 
     def _set_lifo(self, lifo: bool, now: float) -> None:
