@@ -33,10 +33,8 @@ class _Expired:
 #: Returned by :meth:`WaitQueue.wait` when the waiter's time ran out (the pool raises its timeout error).
 EXPIRED: Any = _Expired()
 
-#: How many recent abandonments the adaptive policy keeps to estimate how long waiters are willing to wait.
-_PATIENCE_SAMPLES = 32
-#: Fewer abandonments than this within the sample window say nothing about the waiters' patience.
-_PATIENCE_QUORUM = 8
+#: The adaptive policy turns LIFO only once at least this many waiters gave up within its last two windows.
+_GIVE_UP_QUORUM = 8
 #: A greenlet that released a connection this recently is in the middle of a request (adaptive policy).
 _CONTINUATION = 0.02
 #: The adaptive policy counts hand-offs and give-ups in windows of this many seconds.
@@ -62,18 +60,17 @@ class Waiter:
       (terminal).
 
     ``expires`` is when its checkout timeout ends (for waiters on the shared expiry timer), ``budget`` when
-    its caller's deadline ends (0.0: none), ``since`` when it queued.
+    its caller's deadline ends (0.0: none).
     """
 
-    __slots__ = ("budget", "expires", "greenlet", "since", "state", "value", "wake")
+    __slots__ = ("budget", "expires", "greenlet", "state", "value", "wake")
 
-    def __init__(self, greenlet: Any, since: float, budget: float) -> None:
+    def __init__(self, greenlet: Any, budget: float) -> None:
         self.greenlet = greenlet
         self.state = WAITING
         self.value: Any = None
         self.wake: Any = None
         self.expires = 0.0
-        self.since = since
         self.budget = budget
 
 
@@ -86,15 +83,17 @@ class WaitQueue:
       their share of the queue (the 5000-greenlet closed loop completes 100 % of its checkouts).
     - ``"lifo"``: the newest waiter first. Under overload the newest waiter has the most time left before its
       deadline; the oldest are the doomed ones.
-    - ``"adaptive"`` (the pools' default): FIFO while it serves waiters in time, LIFO while it would not.
-      The queue estimates how long waiters are willing to wait (their *patience*: a high percentile of how
-      long the last waiters that gave up had waited, once enough of them gave up recently) and how long a
-      newcomer would wait under FIFO (the waiters ahead times how long a checkout holds a connection, over
-      ``max_size``). It turns to LIFO when that wait exceeds the patience, and back to FIFO when it falls
-      under half of it, or when the queue empties. A long queue that is served in time (no one gives up)
-      stays FIFO however long it is. In LIFO mode a greenlet that released a connection within the last
-      20 ms (it is in the middle of a request) is served before newcomers, so requests of several commands
-      finish instead of each doing its first command only.
+    - ``"adaptive"`` (the pools' default): FIFO while waiters are served in time, LIFO while they give up
+      before their turn. *Giving up* is a waiter's caller interrupting it while it is queued (its request's
+      ``gevent.Timeout`` or ``greenpool.deadline`` fired, or it was killed): a sign that it is served too late
+      to be of use. The pool's own checkout ``timeout`` is not: a waiter served just before it still gets its
+      work done, so FIFO loses nothing there and stays. The queue counts, in windows of 0.1 s, the waiters
+      handed a connection and those that gave up; it turns LIFO when, over the last two windows, at least 8
+      gave up and they were at least a tenth of those that left the queue, and back to FIFO as soon as nobody
+      gave up for two windows, or when the queue empties. A long queue served in time (the 5000-greenlet closed
+      loop) never turns LIFO. In LIFO mode a greenlet that released a connection within the last 20 ms (it is
+      in the middle of a request) is served before newcomers, so that requests of several commands finish
+      instead of each doing its first command only.
 
     With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met (its remaining
     budget is shorter than the expected wait, or runs out while it is queued) is refused at once instead of
@@ -122,12 +121,9 @@ class WaitQueue:
         self._hub: Any = None
         self._loop: Any = None
         # Adaptive policy state.
-        self._gave_up: Deque[float] = deque(maxlen=_PATIENCE_SAMPLES)  # seconds waited by those who gave up
-        self._gave_up_at: Deque[float] = deque(maxlen=_PATIENCE_SAMPLES)
         self._window_start = 0.0
         self._window = [0, 0]  # this window's give-ups and hand-offs
         self._last_window = [0, 0]
-        self._patience_now = float("inf")
         #: Seconds a connection is held per checkout, recently (an average the pool keeps up to date).
         self.hold = 0.0
         self._released: Dict[Any, float] = {}  # LIFO mode: greenlet -> when it last released a connection
@@ -162,11 +158,11 @@ class WaitQueue:
         greenlet = _green.getcurrent()
         budget = BUDGETS.get(greenlet, 0.0) if BUDGETS else 0.0
         if self._adaptive:
-            self._adapt(now, max_size)
+            self._adapt(now)
         if budget and budget - now < self.expected_wait(max_size):
             self.shed += 1
             return EXPIRED
-        waiter = Waiter(greenlet, now, budget)
+        waiter = Waiter(greenlet, budget)
         if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
             self._first.append(waiter)
         else:
@@ -273,7 +269,7 @@ class WaitQueue:
         """The waiting greenlet was interrupted: leave the queue, passing on anything handed to it."""
         state = waiter.state
         if state == WAITING:
-            self._gave_up_after(_green.monotonic() - waiter.since)
+            self._window[0] += 1  # gave up: its caller interrupted it while it was queued
             self._leave(waiter)
             return
         if waiter.wake is not None:
@@ -289,7 +285,6 @@ class WaitQueue:
     def _expire(self, waiter: Waiter) -> None:
         """Timer callback (runs in the hub): the waiter's time is up unless it was already handed something."""
         if waiter.state == WAITING:
-            self._gave_up_after(_green.monotonic() - waiter.since)
             self._leave(waiter)
             waiter.greenlet.switch()
 
@@ -310,7 +305,6 @@ class WaitQueue:
                 expiry.popleft()
             elif waiter.expires <= now + 0.001:
                 expiry.popleft()
-                self._gave_up_after(now - waiter.since)
                 self._leave(waiter)
                 waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
             else:
@@ -336,46 +330,19 @@ class WaitQueue:
 
     # ------------------------------------------------------------------ the adaptive policy
 
-    def _gave_up_after(self, waited: float) -> None:
-        if self._adaptive:
-            self._gave_up.append(waited)
-            self._gave_up_at.append(_green.monotonic())
-            self._window[0] += 1
-
-    def _patience(self, now: float) -> float:
-        """How long waiters are willing to wait: a high percentile of what those who gave up had waited."""
-        at = self._gave_up_at
-        if len(at) < _PATIENCE_QUORUM:
-            return float("inf")
-        recent = [w for w, t in zip(self._gave_up, at) if now - t < max(1.0, 10.0 * w)]
-        if len(recent) < _PATIENCE_QUORUM:
-            return float("inf")
-        recent.sort()
-        return recent[(len(recent) * 3) // 4]
-
-    def _adapt(self, now: float, max_size: int) -> None:
-        """Pick FIFO or LIFO (adaptive policy; runs as a waiter queues, on the contended path only).
-
-        LIFO while (1) waiters give up before their turn, at least ``_PATIENCE_QUORUM`` of them and
-        ``_GIVE_UP_SHARE`` of those leaving the queue over the last two windows, and (2) under FIFO a newcomer
-        would wait longer than they put up with; FIFO again once that wait is under half their patience, once
-        nobody gave up for two windows, or when the queue empties.
-        """
+    def _adapt(self, now: float) -> None:
+        """Pick FIFO or LIFO (adaptive policy; runs as a waiter queues, on the contended path only)."""
         elapsed = now - self._window_start
         if elapsed >= _WINDOW:
             self._last_window = self._window if elapsed < 2 * _WINDOW else [0, 0]
             self._window = [0, 0]
             self._window_start = now
-            self._patience_now = self._patience(now)
         gave_up = self._window[0] + self._last_window[0]
-        handed = self._window[1] + self._last_window[1]
-        pressed = gave_up >= _PATIENCE_QUORUM and gave_up >= _GIVE_UP_SHARE * (gave_up + handed)
-        patience = self._patience_now
-        fifo_wait = self.nwaiting * self.hold / max_size
         if not self.lifo:
-            if pressed and fifo_wait > patience:
+            handed = self._window[1] + self._last_window[1]
+            if gave_up >= _GIVE_UP_QUORUM and gave_up >= _GIVE_UP_SHARE * (gave_up + handed):
                 self._set_lifo(True, now)
-        elif not gave_up or fifo_wait < 0.5 * patience:
+        elif not gave_up:
             self._set_lifo(False, now)
 
     def _set_lifo(self, lifo: bool, now: float) -> None:

@@ -1,7 +1,7 @@
 """The wait queue's policies and ``greenpool.deadline``, driven step by step with fake connections.
 
 The pool's clock (``greenpool._green.monotonic``) is replaced by a counter the test advances, so the adaptive
-policy's estimates (service rate, patience) are exact and nothing depends on the machine's speed. Waiters give
+policy's windows and the hold-time average are exact and nothing depends on the machine's speed. Waiters give
 up by being killed (as an outer ``gevent.Timeout`` would do), never by real time passing.
 """
 
@@ -106,11 +106,11 @@ def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> No
 
 
 def make_overloaded(clock: Clock) -> Any:
-    """A pool of one connection serving 100 checkouts/s whose last waiters gave up after 10 ms each."""
+    """A pool of one connection held 10 ms per checkout, whose last ten waiters gave up (were interrupted)."""
     pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
     conn = pool.acquire()
     served: List[int] = []
-    # Establish the service rate: 10 hand-offs 10 ms apart.
+    # Ten checkouts that hold the connection 10 ms each.
     waiters = queue_up(pool, 10, served)
     for _ in range(10):
         clock.advance(0.01)
@@ -129,7 +129,7 @@ def make_overloaded(clock: Clock) -> Any:
 def test_adaptive_turns_lifo_when_waiters_give_up_and_back_when_the_queue_empties(clock: Clock) -> None:
     pool, conn, served = make_overloaded(clock)
     served.clear()
-    # 20 waiters at 100/s would wait 0.2 s in FIFO order, 20x what waiters put up with: LIFO.
+    # Ten gave up and ten were served over the last windows: the next waiter to queue turns the queue LIFO.
     waiters = queue_up(pool, 20, served, start=200)
     stats = pool.get_stats()
     assert stats["queue_mode"] == "lifo" and stats["queue_mode_switches"] == 1
@@ -216,8 +216,7 @@ def test_deadline_bad_input_names_the_argument() -> None:
 
 def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> None:
     pool, conn, served = make_overloaded(clock)
-    # 5 waiters at 100/s would wait 50 ms in FIFO order: LIFO, so a newcomer expects its turn after the
-    # current holder's (10 ms) and its own use (10 ms).
+    # LIFO: a newcomer expects its turn after the current holder's use (10 ms), and its own use (10 ms).
     ahead = queue_up(pool, 5, served, start=400)
     assert pool.get_stats()["queue_mode"] == "lifo"
     size = pool.size
@@ -286,3 +285,45 @@ def test_a_waiter_interrupted_after_its_time_ran_out_gets_no_stray_wake_up(clock
     assert g.successful() and outcome == ["interrupted", False]
     assert pool.waiting == 0 and pool.handing_over == 0
     pool.release(held)
+
+
+def test_adaptive_returns_to_fifo_once_nobody_gave_up_for_two_windows(clock: Clock) -> None:
+    pool, conn, served = make_overloaded(clock)
+    waiters = queue_up(pool, 3, served, start=500)
+    assert pool.get_stats()["queue_mode"] == "lifo"
+    clock.advance(0.25)  # two windows without a give-up
+    late = queue_up(pool, 1, served, start=600)
+    stats = pool.get_stats()
+    assert stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 2
+    for _ in range(4):
+        pool.release(conn)
+        settle()
+        conn = (waiters + late)[[500, 501, 502, 600].index(served[-1])].value
+    assert served[-4:] == [500, 501, 502, 600]  # FIFO again, oldest first
+    pool.release(conn)
+
+
+def test_checkout_timeouts_alone_never_turn_the_queue_lifo(clock: Clock) -> None:
+    # The seed scenario's shape: a long queue whose waiters may time out on the pool's own timeout. A waiter
+    # served just before its checkout timeout still does its work, so FIFO loses nothing and must stay.
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=0.05)
+    conn = pool.acquire()
+    errors: List[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            pool.release(pool.acquire())
+        except PoolTimeout as exc:
+            errors.append(exc)
+
+    greenlets = [gevent.spawn(waiter) for _ in range(50)]
+    gevent.sleep(0)
+    clock.advance(1.0)
+    pool._queue._on_expiry()  # every waiter's checkout timed out
+    gevent.joinall(greenlets, timeout=5)
+    more = queue_up(pool, 5, [])  # queuing again evaluates the policy
+    stats = pool.get_stats()
+    assert len(errors) == 50 and stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 0
+    gevent.killall(more)
+    pool.release(conn)
+    assert pool.waiting == 0 and pool.idle == 1
