@@ -201,13 +201,13 @@ class WaitQueue:
         return value
 
     def expected_wait(self, max_size: int) -> float:
-        """Seconds a greenlet queuing now should expect to wait for its turn, plus one use of the connection.
+        """Seconds a greenlet queuing now should expect to wait for its turn.
 
         While every connection is busy one frees up every ``hold / max_size`` seconds on average; in LIFO mode
         only the greenlets in the middle of a request are ahead of a newcomer. 0.0 until a use was measured.
         """
         ahead = len(self._first) if self.lifo else self.nwaiting
-        return (ahead + 1) * self.hold / max_size + self.hold
+        return ahead * self.hold / max_size
 
     def released(self, greenlet: Any, now: float) -> None:
         """Note that ``greenlet`` released a connection at ``now`` (called only while in LIFO mode)."""
@@ -239,7 +239,7 @@ class WaitQueue:
             if waiter.state != WAITING:
                 self._ngone -= 1
                 continue
-            if waiter.budget and waiter.budget <= _green.monotonic() + self.hold:
+            if waiter.budget and waiter.budget <= _green.monotonic():
                 self.shed += 1
                 self._leave(waiter)
                 self._ngone -= 1

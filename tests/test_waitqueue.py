@@ -215,12 +215,18 @@ def test_deadline_bad_input_names_the_argument() -> None:
 
 
 def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> None:
-    pool, conn, served = make_overloaded(clock)
-    # LIFO: a newcomer expects its turn after the current holder's use (10 ms), and its own use (10 ms).
-    ahead = queue_up(pool, 5, served, start=400)
-    assert pool.get_stats()["queue_mode"] == "lifo"
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None, queue_policy="fifo")
+    conn = pool.acquire()
+    served: List[int] = []
+    waiters = queue_up(pool, 3, served)
+    for _ in range(3):  # three checkouts that hold the connection 10 ms each
+        clock.advance(0.01)
+        pool.release(conn)
+        settle()
+        conn = waiters[served[-1]].value
+    ahead = queue_up(pool, 5, served, start=400)  # 5 ahead, one connection freed every 10 ms: 50 ms to wait
     size = pool.size
-    with deadline(0.015):
+    with deadline(0.02):
         with pytest.raises(PoolTimeout, match="deadline would run out before its turn"):
             pool.acquire()
     stats = pool.get_stats()
