@@ -1,4 +1,4 @@
-"""The command line of the contention harness: ``python -m stress [redis|tarantool|tune] [options]``.
+"""The command line of the contention harness: ``python -m stress [redis|tarantool|tune|overload] [options]``.
 
 ``redis`` (the default) and ``tarantool`` run every chosen contender (see :mod:`stress.contenders`) for
 each ``--max-connections`` value, side by side in alternating order, against one server, then print the
@@ -6,29 +6,28 @@ results table, greenpool's ratios and its targets (PASS/MISS, the multiplexers' 
 ``redis`` also runs the single-greenlet and memory-per-waiter scenarios (:mod:`stress.extras`). A
 contender that cannot run here (``asynctnt`` without asynctnt and uvloop installed) is skipped with one
 line saying why and how to install what it needs. ``tune`` sweeps max_connections with greenpool
-alone and recommends a value. Without ``--url`` a private server is started on a free loopback port
-(:mod:`stress.servers`) and stopped afterwards.
+alone and recommends a value; ``tune --deadline D`` recommends one by goodput within D instead (the knee at
+each size, :func:`stress.overload.tune`). ``overload`` runs the open-loop overload scenario
+(:mod:`stress.overload`). Without ``--url`` a private server is started on a free loopback port
+(:mod:`stress.servers`) and stopped afterwards. ``--json`` and ``--plot`` are checked before anything runs
+(the file's directory exists; the plot is a ``.png`` and matplotlib is installed).
 
 Expects the process to be monkey-patched already (``stress/__main__.py`` does it). Exit status: 0 after a
 report (targets missed included: they are figures, not failures); 2 for a bad option, with an argparse
 message naming it; 1 when a run cannot start (server binary missing or unreachable, no contender
-available) or ``tune`` finds no size that serves every checkout in time. Depends on the other ``stress``
-modules.
+available) or ``tune`` finds no size that serves every checkout in time; ``overload --check``:
+:data:`stress.rounds.EXIT_MISSED` (3) when a target is missed. Depends on the other ``stress`` modules.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import importlib.metadata
 import math
 import os
-import platform
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from stress import report
+from stress import overload, report, session
 from stress.contenders import (
     REDIS_CONTENDERS,
     REDIS_OPS,
@@ -43,10 +42,13 @@ from stress.contenders import (
     redact_url,
 )
 from stress.harness import Progress
+from stress.overload_contenders import STATIC_NAMES, valid_name
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("redis", "tarantool", "tune")
+OVERLOAD, QUICK, SOAK = overload.DEFAULTS, overload.QUICK, overload.SOAK
+
+COMMANDS = ("redis", "tarantool", "tune", "overload")
 DEFAULT_GREENLETS = 5000
 DEFAULT_MAX = "1,10,100"
 DEFAULT_TUNE_MAX = "1,2,5,10,20,50,100"
@@ -98,6 +100,38 @@ def _int_list(text: str) -> List[int]:
     return sorted(set(values))
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _number_list(text: str) -> List[float]:
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of numbers > 0, got {text!r}")
+    values = []
+    for item in items:
+        try:
+            values.append(_positive_number(item))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"must be a comma-separated list of numbers > 0, got {text!r} ({item!r})"
+            ) from None
+    return sorted(set(values))
+
+
+def _name_list(text: str) -> List[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of pools, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
 def _pool_list(known: Dict[str, Contender]) -> Callable[[str], List[str]]:
     def parse(text: str) -> List[str]:
         items = [item.strip() for item in text.split(",")]
@@ -127,6 +161,9 @@ EXAMPLES = """examples:
   python -m stress --op get --greenlets 2000 --json out.json
   python -m stress tarantool --op select --max-connections 5,10,20
   python -m stress tune --url redis://10.0.0.5:6379/0 --greenlets 3000
+  python -m stress tune --deadline 0.1                max_connections by goodput within a 100 ms deadline
+  python -m stress overload --quick                  open loop at multiples of the knee, every contender
+  python -m stress overload --server tarantool --check --json overload.json
 """
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -136,7 +173,7 @@ TARANTOOL_SCHEMES = ("tarantool",)
 # ---------------------------------------------------------------------- parser
 
 
-def _add_common(parser: argparse.ArgumentParser, default_max: str) -> None:
+def _add_common(parser: argparse.ArgumentParser, default_max: str, duration_help: Optional[str] = None) -> None:
     parser.add_argument(
         "--greenlets",
         type=_positive_int,
@@ -160,7 +197,7 @@ def _add_common(parser: argparse.ArgumentParser, default_max: str) -> None:
         "--duration",
         type=_positive_seconds,
         default=DEFAULT_DURATION,
-        help=f"measured seconds per run (default {DEFAULT_DURATION:g})",
+        help=duration_help or f"measured seconds per run (default {DEFAULT_DURATION:g})",
     )
     parser.add_argument(
         "--value-size",
@@ -193,7 +230,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{redis,tarantool,tune}")
+    commands = parser.add_subparsers(dest="command", metavar="{redis,tarantool,tune,overload}")
 
     redis_cmd = commands.add_parser(
         "redis", help="compare the pools on Redis (the default)", description="Compare the pools on Redis."
@@ -268,10 +305,200 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         help="server to use (default: start a private one on a free loopback port)",
     )
     tune_cmd.add_argument(
-        "--op", choices=REDIS_OPS + TARANTOOL_OPS, default=None, help="operation (default ping / replace)"
+        "--op",
+        choices=REDIS_OPS + TARANTOOL_OPS,
+        default=None,
+        help="operation (default ping / replace; with --deadline get / select)",
     )
-    _add_common(tune_cmd, DEFAULT_TUNE_MAX)
-    return parser, {"redis": redis_cmd, "tarantool": tnt_cmd, "tune": tune_cmd}
+    tune_cmd.add_argument(
+        "--deadline",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="recommend by goodput within this deadline instead: at each size, find the knee (the highest "
+        "arrival rate at which 99 %% of requests of --commands commands finish within it, open loop) and "
+        "recommend the smallest size within 5 %% of the best knee (--greenlets is then unused)",
+    )
+    tune_cmd.add_argument(
+        "--commands",
+        type=_positive_int,
+        default=OVERLOAD["commands"],
+        metavar="K",
+        help=f"with --deadline: commands per request (default {OVERLOAD['commands']})",
+    )
+    _add_common(
+        tune_cmd,
+        DEFAULT_TUNE_MAX,
+        duration_help=f"measured seconds per run (default {DEFAULT_DURATION:g}; with --deadline, per knee probe: "
+        f"{OVERLOAD['duration']:g})",
+    )
+    tune_cmd.set_defaults(duration=None)  # resolved in parse_args, by --deadline
+
+    over = commands.add_parser(
+        "overload",
+        help="open loop: arrivals at multiples of the knee, requests of K commands under a deadline",
+        description=(
+            "Open-loop overload: requests of K commands (one checkout each) inside one deadline arrive at a "
+            "fixed rate; the closed-loop capacity and the knee (the highest rate with 99 % of requests in "
+            "time) of greenpool's default contender are measured first, then every contender runs at "
+            "multiples of the knee, in rounds; then a random-deadline soak. Prints goodput, the share "
+            "within the deadline, p50/p99 of the completed and the CPU share of the load generator."
+        ),
+    )
+    over.add_argument("--server", choices=("redis", "tarantool"), default="redis", help="(default redis)")
+    over.add_argument(
+        "--url",
+        type=_url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
+        help="server to use (default: start a private one on a free loopback port)",
+    )
+    over.add_argument(
+        "--op", choices=REDIS_OPS + TARANTOOL_OPS, default=None, help="each command (default get / select)"
+    )
+    over.add_argument(
+        "--commands",
+        type=_positive_int,
+        default=OVERLOAD["commands"],
+        metavar="K",
+        help=f"commands per request (default {OVERLOAD['commands']})",
+    )
+    over.add_argument(
+        "--deadline",
+        type=_positive_seconds,
+        default=OVERLOAD["deadline"],
+        metavar="SECONDS",
+        help=f"each request's deadline, from its intended start (default {OVERLOAD['deadline']:g})",
+    )
+    over.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=OVERLOAD["max_connections"],
+        metavar="N",
+        help=f"pool size (default {OVERLOAD['max_connections']}; the soak uses {SOAK['max_connections']})",
+    )
+    over.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=OVERLOAD["timeout"],
+        help=f"checkout timeout in seconds (default {OVERLOAD['timeout']:g})",
+    )
+    over.add_argument(
+        "--multiples",
+        type=_number_list,
+        default=list(OVERLOAD["multiples"]),
+        metavar="X[,X...]",
+        help="offered loads, as multiples of the knee (default "
+        + ",".join(f"{m:g}" for m in OVERLOAD["multiples"])
+        + ")",
+    )
+    over.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        help=f"runs of every contender at every load; medians are reported (default {OVERLOAD['rounds']})",
+    )
+    over.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        default=None,
+        help=f"seconds of arrivals per run and per knee probe (default {OVERLOAD['duration']:g})",
+    )
+    over.add_argument(
+        "--knee",
+        type=_positive_number,
+        default=None,
+        metavar="REQ/S",
+        help="skip the knee search and use this rate (the capacity is still measured)",
+    )
+    over.add_argument(
+        "--pools",
+        type=_name_list,
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="contenders (default: every one this greenpool offers): greenpool-<policy> per queue policy, "
+        "greenpool-deadline; redis: redis-blocking, redis-blocking-gevent, mux; tarantool: lifo-queue, mux",
+    )
+    over.add_argument(
+        "--value-size",
+        type=_positive_int,
+        default=None,
+        metavar="BYTES",
+        help="value size for get/set (default 100) and tuple payload for select/replace (default 1500)",
+    )
+    soak_group = over.add_mutually_exclusive_group()
+    soak_group.add_argument("--no-soak", dest="soak", action="store_false", help="skip the random-deadline soak")
+    soak_group.add_argument("--soak-only", action="store_true", help="run the random-deadline soak alone")
+    over.add_argument(
+        "--no-seed",
+        dest="seed",
+        action="store_false",
+        help="skip the seed closed loop per policy (it runs on Redis when the core offers more than strict FIFO)",
+    )
+    over.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['rounds']} round, {QUICK['duration']:g} s runs, a {QUICK['soak_ops']}-command soak, no seed "
+        "(--rounds and --duration still win)",
+    )
+    over.add_argument(
+        "--check", action="store_true", help="exit with status 3 when a target is missed (after the report)"
+    )
+    over.add_argument("--json", metavar="FILE", help="write every figure, the versions and the core count here")
+    over.add_argument(
+        "--plot", metavar="FILE.png", help="draw goodput, share in time and p99 against the load (needs matplotlib)"
+    )
+    over.add_argument(
+        "--progress", action="store_true", help="draw the live progress line on stderr even when it is not a tty"
+    )
+    return parser, {"redis": redis_cmd, "tarantool": tnt_cmd, "tune": tune_cmd, "overload": over}
+
+
+def _check_outputs(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, a --json or --plot file that could not be written afterwards."""
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            sub.error(f"argument {option}: {path!r} is a directory, not a file")
+        if not os.path.isdir(folder):
+            sub.error(f"argument {option}: the directory {folder!r} does not exist")
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            sub.error(f"argument --plot: the file name must end in .png, got {args.plot!r}")
+        missing = report.matplotlib_missing()
+        if missing:
+            sub.error(f"argument --plot: {missing}")
+
+
+def _server_fits(sub: argparse.ArgumentParser, args: argparse.Namespace, kind: str) -> None:
+    if args.url is not None:
+        scheme = args.url.split("://", 1)[0]
+        if (scheme == "tarantool") != (kind == "tarantool"):
+            sub.error(f"argument --url: a {scheme}:// URL does not fit --server {kind}")
+
+
+def _overload_args(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    kind = args.server
+    _server_fits(sub, args, kind)
+    ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
+    if args.op is None:
+        args.op = OVERLOAD["op"][kind]
+    elif args.op not in ops:
+        sub.error(f"argument --op: {args.op!r} is not a {kind} operation (choose from {', '.join(ops)})")
+    for name in args.pools or []:
+        if not valid_name(kind, name):
+            known = ", ".join(STATIC_NAMES[kind])
+            sub.error(f"argument --pools: unknown pool {name!r} for {kind} (choose from {known}, greenpool-<policy>)")
+    if args.rounds is None:
+        args.rounds = QUICK["rounds"] if args.quick else OVERLOAD["rounds"]
+    if args.duration is None:
+        args.duration = QUICK["duration"] if args.quick else OVERLOAD["duration"]
+    args.soak_ops = QUICK["soak_ops"] if args.quick else SOAK["ops"]
+    args.open = not args.soak_only
+    args.soak = args.soak or args.soak_only
+    args.seed = args.seed and not args.quick and not args.soak_only
+    args.greenlets = None
+    args.extras = False
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -282,15 +509,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser, subparsers = _build()
     args = parser.parse_args(argv)
     sub = subparsers[args.command]
-    if args.command == "tune":
+    if args.command == "overload":
+        _overload_args(sub, args)
         kind = args.server
-        if args.url is not None:
-            scheme = args.url.split("://", 1)[0]
-            if (scheme == "tarantool") != (kind == "tarantool"):
-                sub.error(f"argument --url: a {scheme}:// URL does not fit --server {kind}")
+    elif args.command == "tune":
+        kind = args.server
+        _server_fits(sub, args, kind)
         ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
+        if args.duration is None:
+            args.duration = OVERLOAD["duration"] if args.deadline else DEFAULT_DURATION
         if args.op is None:
-            args.op = ops[0]
+            args.op = OVERLOAD["op"][kind] if args.deadline else ops[0]
         elif args.op not in ops:
             sub.error(f"argument --op: {args.op!r} is not a {kind} operation (choose from {', '.join(ops)})")
         args.pools = ["greenpool"]
@@ -302,60 +531,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.kind = kind
     if args.value_size is None:
         args.value_size = DEFAULT_VALUE_SIZE[kind]
-    if args.plot:
-        missing = report.matplotlib_missing()
-        if missing:
-            sub.error(f"argument --plot: {missing}")
+    _check_outputs(sub, args)
     return args
 
 
 # ---------------------------------------------------------------------- running
-
-
-@contextlib.contextmanager
-def _server(args: argparse.Namespace) -> Iterator[Dict[str, str]]:
-    """Yield ``{"url": ..., "where": ...}`` for the user's server, or for a private one started here."""
-    if args.url:
-        yield {"url": args.url, "where": redact_url(args.url)}
-        return
-    from stress.servers import RedisServer, TarantoolServer
-
-    server: Any = RedisServer() if args.kind == "redis" else TarantoolServer()
-    with server:
-        yield {"url": server.url, "where": f"{server.host}:{server.port} (private, stopped afterwards)"}
-
-
-def _version(dist: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _versions(server: str) -> Dict[str, Any]:
-    import gevent
-
-    import greenpool
-
-    return {
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "gevent": gevent.__version__,
-        "greenlet": _version("greenlet"),
-        "greenpool": greenpool.__version__,
-        "redis-py": _version("redis"),
-        "hiredis": _version("hiredis"),
-        "tarantool-python": _version("tarantool"),
-        "server": server,
-    }
-
-
-def _machine() -> Dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine()}
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _run_sweep(
@@ -471,17 +651,17 @@ def _compare(args: argparse.Namespace) -> int:
         sys.stderr.write("no contender can run\n")
         return 1
     progress = Progress(sys.stderr, sys.stderr.isatty() or args.progress)
-    started = _now()
+    started = session.now()
     single: Optional[Dict[str, Any]] = None
     memory: Optional[Dict[str, Any]] = None
-    with _server(args) as server:
+    with session.server(args.kind, args.url) as server:
         target: Any
         try:
             if args.kind == "redis":
                 target = RedisTarget(server["url"], args.op, args.value_size)
             else:
                 target = TarantoolTarget(server["url"], args.op, args.value_size)
-            versions = _versions(target.prepare_server())
+            versions = session.versions(target.prepare_server())
         except Exception as exc:
             sys.stderr.write(f"cannot use the server at {server['where']}: {type(exc).__name__}: {exc}\n")
             return 1
@@ -531,9 +711,9 @@ def _compare(args: argparse.Namespace) -> int:
     document: Dict[str, Any] = {
         "scenario": scenario,
         "versions": versions,
-        "machine": _machine(),
+        "machine": session.machine(),
         "started_at": started,
-        "finished_at": _now(),
+        "finished_at": session.now(),
         "contenders": [c.name for c in contenders],
         "skipped": skipped,
         "runs": runs,
@@ -565,6 +745,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from stress.servers import ServerMissing
 
     try:
+        if args.command == "overload":
+            return overload.run(args)
+        if args.command == "tune" and args.deadline:
+            return overload.tune(args)
         return _compare(args)
     except ServerMissing as exc:
         sys.stderr.write(f"{exc}\n")

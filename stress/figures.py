@@ -1,5 +1,5 @@
 """Figures shared by the harness and the asynctnt worker: the outcome of a measured window, this process's
-resident memory and CPU time.
+resident memory, CPU time and time spent waiting for a core.
 
 Depends on the standard library only (the asynctnt worker must not import gevent).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import resource
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-__all__ = ["cpu_seconds", "outcome", "rss_bytes"]
+__all__ = ["cpu_seconds", "outcome", "rss_bytes", "run_queue_seconds"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -30,6 +30,16 @@ def cpu_seconds() -> float:
     """User plus system CPU time of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def run_queue_seconds() -> Optional[float]:
+    """Seconds this process's main thread has spent ready to run but waiting for a core (Linux's
+    ``/proc/self/schedstat``; ``None`` elsewhere): time other processes took from it."""
+    try:
+        with open("/proc/self/schedstat", "rb") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def outcome(ok: int, failed: int, errors: int, elapsed: float) -> Dict[str, Any]:

@@ -537,3 +537,562 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     proc = run_stress("tune", "--greenlets", "50", "--max-connections", "1,2", "--duration", "0.5", "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------- overload (python -m stress overload)
+#
+# The engine runs here on fake clients (no server: counts must add up whatever the machine's speed), the report on
+# synthetic figures (every target's PASS/MISS/n/a from the figures it names), the detection of what the core
+# offers on fake pool classes; three short runs of the real command check the JSON's shape and the --check status.
+
+OPEN_RUN_FIGURES = {
+    "contender",
+    "round",
+    "multiple",
+    "rate_per_s",
+    "order",
+    "offered_per_s",
+    "requests",
+    "good",
+    "late",
+    "completed",
+    "mismatched",
+    "mismatches",
+    "errors",
+    "goodput_per_s",
+    "good_pct",
+    "p50_ms",
+    "p99_ms",
+    "start_lag_p99_ms",
+    "start_lag_max_ms",
+    "gen_cpu_pct",
+    "proc_cpu_pct",
+    "cpu_wait_pct",
+    "elapsed_s",
+    "window_s",
+    "unsent",
+    "connections_opened",
+    "warm_error",
+    "first_error",
+}
+
+
+def _client(command: Any, opened: int = 1) -> Tuple[Any, List[bool]]:
+    import gevent
+
+    from stress.openloop import Client
+
+    closed: List[bool] = []
+    return Client(command, gevent.Timeout, lambda: opened, lambda: closed.append(True)), closed
+
+
+def test_open_loop_counts_every_request_once_and_checks_every_reply() -> None:
+    import gevent
+
+    from stress.openloop import open_loop
+
+    def command(index: int) -> bool:
+        request = index // 3
+        if request % 10 == 1:
+            gevent.sleep(0.3)  # doomed: its 50 ms deadline fires first
+        elif request % 10 == 2 and index % 3 == 0:
+            return False  # a reply meant for another key
+        gevent.sleep(0.001)
+        return True
+
+    client, closed = _client(command)
+    fig = open_loop(client, 400.0, commands=3, deadline=0.05, duration=0.5, warmup=0.1)
+    assert closed == [True]
+    measured = range(40, 200)  # 400/s for 0.5 s; those due in the first 0.1 s are not counted
+    assert fig["requests"] == len(measured) and fig["offered_per_s"] == pytest.approx(400.0, rel=0.01)
+    assert fig["completed"] + sum(fig["errors"].values()) == fig["requests"]
+    assert fig["good"] + fig["late"] <= fig["completed"]
+    assert fig["errors"].get("deadline", 0) >= sum(1 for n in measured if n % 10 == 1)
+    wrong = sum(1 for n in measured if n % 10 == 2)
+    assert fig["mismatched"] == fig["mismatches"] == wrong
+    assert fig["good"] <= fig["requests"] - wrong - sum(1 for n in measured if n % 10 == 1)
+    assert fig["good_pct"] == pytest.approx(100.0 * fig["good"] / fig["requests"], abs=1e-3)
+    assert fig["goodput_per_s"] == pytest.approx(fig["good"] / fig["window_s"], rel=0.01)
+    assert 0 <= fig["p50_ms"] <= fig["p99_ms"] and fig["unsent"] == 0
+    assert fig["gen_cpu_pct"] is not None and fig["proc_cpu_pct"] is not None
+    assert fig["connections_opened"] == 1 and fig["warm_error"] is None and fig["first_error"] is None
+
+
+def test_open_loop_catches_up_without_skipping_and_counts_latency_from_the_intended_start() -> None:
+    import time
+
+    from stress.openloop import open_loop
+
+    def command(index: int) -> bool:
+        if index == 3 * 60:  # request 60 holds the whole process for 0.15 s, generator included
+            end = time.perf_counter() + 0.15
+            while time.perf_counter() < end:
+                pass
+        return True
+
+    client, _ = _client(command)
+    fig = open_loop(client, 300.0, commands=3, deadline=1.0, duration=0.5, warmup=0.1)
+    # Every request due while the generator was held was still sent (none skipped) and started late.
+    assert fig["unsent"] == 0 and fig["requests"] == 150 - 30
+    assert fig["completed"] == fig["requests"] and fig["errors"] == {}
+    assert fig["start_lag_max_ms"] >= 100.0
+    assert fig["p99_ms"] >= 100.0  # from the intended start: the wait behind the held process counts
+
+
+def test_warm_up_opens_the_connections_at_the_same_time() -> None:
+    import gevent
+
+    from stress.openloop import warm_up
+
+    state = {"now": 0, "most": 0}
+
+    def command(index: int) -> bool:
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        gevent.sleep(0.01)
+        state["now"] -= 1
+        return True
+
+    client, _ = _client(command)
+    assert warm_up(client, 7) is None and state["most"] == 7
+    failing, _ = _client(lambda index: 1 / 0)
+    assert warm_up(failing, 2) == "ZeroDivisionError: division by zero"
+
+
+def test_closed_loop_and_soak_count_wrong_replies() -> None:
+    import gevent
+
+    from stress.openloop import closed_loop, soak
+
+    def command(index: int) -> bool:
+        gevent.sleep(0)
+        return index % 17 != 5
+
+    client, closed = _client(command)
+    fig = closed_loop(client, commands=3, deadline=1.0, greenlets=4, duration=0.3)
+    assert closed == [True] and fig["greenlets"] == 4 and fig["req_per_s"] > 0
+    assert fig["errors"] > 0 and fig["first_error"].startswith("MismatchedReply")
+    client, closed = _client(command)
+    fig = soak(client, greenlets=10, ops=50, min_deadline=0.05e-3, max_deadline=30e-3, seed=1, warm=3)
+    assert closed == [True] and fig["attempts"] == 500
+    assert fig["completed"] + fig["mismatches"] + sum(fig["errors"].values()) == 500
+    assert fig["mismatches"] > 0 and fig["completed"] > 0
+
+
+def _stepped(limit: float, flips: Collection[float] = ()) -> Tuple[Any, List[float]]:
+    """A probe that passes at or below ``limit`` req/s, except that its first probe at a rate in ``flips`` says
+    the opposite (a busy box failing it, or a lucky pass)."""
+    seen: List[float] = []
+
+    def probe(rate: float) -> Dict[str, Any]:
+        first = all(abs(rate - r) > 1e-6 for r in seen)
+        seen.append(rate)
+        ok = (rate <= limit) != (first and any(abs(rate - n) < 1e-6 for n in flips))
+        return {"good_pct": 100.0 if ok else 50.0, "goodput_per_s": rate if ok else rate / 2}
+
+    return probe, seen
+
+
+def test_find_knee_brackets_and_bisects() -> None:
+    from stress.overload_report import find_knee
+
+    probe, seen = _stepped(700.0)
+    knee = find_knee(probe, 1000.0)
+    assert 700.0 * 0.96 <= knee["req_per_s"] <= 700.0 < knee["failed_at"] <= 700.0 * 1.04 + 1
+    assert len(knee["probes"]) == len(seen) <= 14
+    assert seen[:4] == [1000.0, 1000.0, 500.0, 500.0]  # each rate is probed twice; a failure halves the rate
+    passed = [p["rate_per_s"] for p in knee["probes"] if p["passed"]]
+    failed = [p["rate_per_s"] for p in knee["probes"] if not p["passed"]]
+    assert max(passed) < min(failed)
+    assert [p["retry"] for p in knee["probes"]][:4] == [False, True, False, True]
+    # Above capacity: up by 1.25x until a failure; never above 3x capacity.
+    probe, seen = _stepped(1500.0)
+    knee = find_knee(probe, 1000.0)
+    assert seen[:6:2] == [1000.0, 1250.0, 1562.5] and 1500.0 * 0.96 <= knee["req_per_s"] <= 1500.0
+    probe, seen = _stepped(1e9)
+    knee = find_knee(probe, 1000.0)
+    assert knee["failed_at"] is None and max(seen) <= 3000.0
+    assert knee["req_per_s"] == pytest.approx(max(seen), abs=0.1)
+    # Nothing passes: no knee, and the rate never went below the floor.
+    probe, seen = _stepped(0.0)
+    knee = find_knee(probe, 1000.0, floor=100.0)
+    assert knee["req_per_s"] is None and min(seen) >= 100.0 and len(seen) <= 14
+    # One probe per rate without confirm.
+    probe, seen = _stepped(700.0)
+    assert len(find_knee(probe, 1000.0, confirm=False)["probes"]) == len(set(seen))
+
+
+def test_find_knee_decides_a_split_by_a_third_probe() -> None:
+    from stress.overload_report import find_knee
+
+    probe, seen = _stepped(1200.0, flips=[1000.0])  # the first probe at 1000 fails, as a busy box makes it
+    assert find_knee(probe, 1000.0)["req_per_s"] >= 1200.0 * 0.96 and seen[:3] == [1000.0] * 3
+    probe, _ = _stepped(1200.0, flips=[1000.0])
+    assert find_knee(probe, 1000.0, confirm=False)["req_per_s"] < 1000.0
+    probe, seen = _stepped(800.0, flips=[1000.0])  # a lucky pass at 1000, above the knee
+    knee = find_knee(probe, 1000.0)
+    assert seen[:3] == [1000.0] * 3 and knee["req_per_s"] <= 800.0 < knee["failed_at"]
+
+
+def test_find_knee_probes_again_when_the_box_was_busy() -> None:
+    from stress.overload_report import BUSY_RETRIES, find_knee
+
+    seen: List[float] = []
+
+    def probe(rate: float) -> Dict[str, Any]:
+        seen.append(rate)
+        busy = len(seen) <= 2  # the first two probes ran while another process had the core
+        ok = rate <= 1200.0 and not busy
+        return {"good_pct": 100.0 if ok else 0.0, "goodput_per_s": 0.0, "cpu_wait_pct": 60.0 if busy else 1.0}
+
+    knee = find_knee(probe, 1000.0)
+    assert seen[:4] == [1000.0] * 4 and knee["req_per_s"] >= 1200.0 * 0.96
+    assert [p["busy"] for p in knee["probes"][:4]] == [True, True, False, False]
+    # A box busy all the time: after BUSY_RETRIES re-probes the failures vote.
+    seen.clear()
+    knee = find_knee(lambda rate: {"good_pct": 0.0, "goodput_per_s": 0.0, "cpu_wait_pct": 60.0}, 1000.0)
+    assert [p["rate_per_s"] for p in knee["probes"][: BUSY_RETRIES + 2]] == [1000.0] * (BUSY_RETRIES + 2)
+    assert knee["probes"][BUSY_RETRIES + 2]["rate_per_s"] == 500.0 and knee["req_per_s"] is None
+
+
+def _open_run(name: str, round_: int, multiple: float, goodput: float, good_pct: float = 100.0, **extra: Any) -> Dict:
+    run = {
+        "contender": name,
+        "round": round_,
+        "multiple": multiple,
+        "rate_per_s": 1000.0 * multiple,
+        "offered_per_s": 1000.0 * multiple,
+        "requests": 100,
+        "good": int(good_pct),
+        "late": 0,
+        "mismatches": 0,
+        "errors": {"deadline": 100 - int(good_pct)} if good_pct < 100 else {},
+        "goodput_per_s": goodput,
+        "good_pct": good_pct,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "gen_cpu_pct": 5.0,
+        "proc_cpu_pct": 50.0,
+        "start_lag_p99_ms": 0.5,
+        "connections_opened": 10,
+    }
+    run.update(extra)
+    return run
+
+
+def test_open_rows_are_medians_over_rounds_with_spread_and_sums() -> None:
+    from stress.overload_report import format_table, open_rows
+
+    runs = [_open_run("greenpool-fifo", i, 2.0, g, 50.0) for i, g in ((1, 900.0), (2, 1100.0), (3, 1000.0))]
+    runs += [_open_run("redis-blocking", i, 0.5, 500.0, errors={"ConnectionError": 1}) for i in (1, 2, 3)]
+    rows = open_rows(runs, knee=1000.0)
+    assert [(r["multiple"], r["contender"]) for r in rows] == [(0.5, "redis-blocking"), (2.0, "greenpool-fifo")]
+    fifo = rows[1]
+    assert (fifo["goodput_per_s"], fifo["goodput_min"], fifo["goodput_max"]) == (1000.0, 900.0, 1100.0)
+    assert fifo["goodput_spread_pct"] == 10.0 and fifo["vs_knee"] == 1.0 and fifo["rounds"] == 3
+    assert fifo["errors"] == {"deadline": 150} and fifo["requests"] == 300
+    assert rows[0]["errors"] == {"ConnectionError": 3}
+    table = format_table(rows).splitlines()
+    assert len(table) == 4 and "ConnectionError 3" in table[2] and "deadline 150" in table[3]
+
+
+def test_kept_up_to_is_the_highest_load_below_which_every_load_kept_99_percent() -> None:
+    from stress.overload_report import kept_up_to, open_rows
+
+    shares = {0.5: 100.0, 0.9: 99.5, 1.0: 98.0, 1.5: 100.0}  # 1.5x passing again does not count
+    runs = [_open_run("greenpool-fifo", 1, m, 10.0, share) for m, share in shares.items()]
+    rows = open_rows(runs, knee=1000.0)
+    assert kept_up_to(rows, "greenpool-fifo") == 0.9
+    assert kept_up_to(rows, "greenpool-fifo", good_pct=99.9) == 0.5
+    assert kept_up_to(rows, "greenpool-fifo", good_pct=100.1) is None and kept_up_to(rows, "mux") is None
+
+
+def _goals(runs: List[Dict[str, Any]], soak: List[Dict[str, Any]] = (), **kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    from stress.overload_report import targets
+
+    settings: Dict[str, Any] = {
+        "knee": {"req_per_s": 1000.0, "given": False},
+        "capacity": {"median_req_per_s": 1050.0},
+        "seed": None,
+        "default": "greenpool-adaptive",
+        "deadline": "greenpool-deadline",
+        "baselines": ["redis-blocking", "redis-blocking-gevent"],
+        "baseline_label": "best redis-py pool",
+    }
+    settings.update(kwargs)
+    return {t["name"]: t for t in targets(runs=runs, soak=list(soak), **settings)}
+
+
+def test_overload_targets_are_computed_from_the_figures_they_name() -> None:
+    ours, deadline = "greenpool-adaptive", "greenpool-deadline"
+    runs = []
+    for i in (1, 2, 3):
+        runs += [_open_run(ours, i, 0.5, 500.0), _open_run(ours, i, 0.9, 900.0, 99.0)]
+        runs += [_open_run(ours, i, 2.0, 900.0, 45.0), _open_run(ours, i, 4.0, 200.0, 5.0)]
+        runs += [_open_run(deadline, i, 2.0, 950.0, 47.0), _open_run(deadline, i, 4.0, 600.0, 15.0)]
+        runs += [_open_run(deadline, i, 0.5, 500.0), _open_run(deadline, i, 0.9, 900.0)]
+    # redis-py's best pool, round by round: 100, 400 (the gevent queue's), 300: ratios 9.0, 2.25, 3.0.
+    for i, plain, gevent_queue in ((1, 100.0, 50.0), (2, 200.0, 400.0), (3, 300.0, 10.0)):
+        runs += [_open_run("redis-blocking", i, 2.0, plain), _open_run("redis-blocking-gevent", i, 2.0, gevent_queue)]
+    soak = [{"contender": ours, "round": 1, "completed": 8000, "mismatches": 0}]
+    soak += [{"contender": "redis-blocking", "round": 1, "completed": 4000, "mismatches": 0}]
+    soak += [{"contender": "redis-blocking-gevent", "round": 1, "completed": 5000, "mismatches": 0}]
+    goals = _goals(runs, soak)
+    expect = {
+        f"{ours} knee / closed-loop capacity": (0.952, "PASS"),
+        f"{ours} goodput at 2x the knee / the knee": (0.9, "PASS"),
+        f"{ours} goodput at 2x the knee / best redis-py pool": (3.0, "PASS"),
+        f"{ours} goodput at 4x the knee / the knee": (0.2, "MISS"),
+        f"{deadline} goodput at 2x the knee / the knee": (0.95, "PASS"),
+        f"{deadline} goodput at 4x the knee / the knee": (0.6, "PASS"),
+        f"{ours} within the deadline at 0.5x the knee": (100.0, "PASS"),
+        f"{ours} within the deadline at 0.9x the knee": (99.0, "MISS"),
+        f"{deadline} within the deadline at 0.9x the knee": (100.0, "PASS"),
+        f"{ours} soak: completed / best redis-py pool": (1.6, "PASS"),
+        "mismatched replies": (0, "PASS"),
+        "seed closed loop: ok/s / strict FIFO": (None, "n/a"),
+    }
+    for name, (value, status) in expect.items():
+        assert (goals[name]["value"], goals[name]["status"]) == (value, status), name
+    from stress.rounds import EXIT_MISSED, exit_status
+
+    assert exit_status(True, list(goals.values())) == EXIT_MISSED and exit_status(False, list(goals.values())) == 0
+    assert exit_status(True, [g for g in goals.values() if g["status"] != "MISS"]) == 0
+    # A wrong reply anywhere in greenpool's contenders misses, whatever else passes.
+    runs[0]["mismatches"] = 2
+    assert _goals(runs, soak)["mismatched replies"]["status"] == "MISS"
+
+
+def test_overload_targets_without_a_figure_are_not_applicable() -> None:
+    ours = "greenpool-fifo"
+    runs = [_open_run(ours, 1, 2.0, 10.0, 1.0), _open_run("redis-blocking", 1, 2.0, 0.0, 0.0)]
+    goals = _goals(runs, default=ours, deadline=None, deadline_note="this greenpool has no greenpool.deadline()")
+    baseline = goals[f"{ours} goodput at 2x the knee / best redis-py pool"]
+    assert (baseline["value"], baseline["status"]) == (None, "n/a") and "had 0" in baseline["note"]
+    for multiple in (2, 4):
+        deadline = goals[f"greenpool.deadline() goodput at {multiple}x the knee / the knee"]
+        assert deadline["status"] == "n/a" and deadline["note"] == "this greenpool has no greenpool.deadline()"
+    assert goals[f"{ours} goodput at 4x the knee / the knee"]["status"] == "n/a"
+    assert goals[f"{ours} within the deadline at 0.5x the knee"]["status"] == "n/a"
+    # No knee found: the knee target misses and the others, relative to it, are not computed.
+    goals = _goals(runs, default=ours, knee={"req_per_s": None, "given": False})
+    assert goals[f"{ours} knee / closed-loop capacity"]["status"] == "MISS"
+    assert not any("the knee" in name for name in goals)
+    # The soak alone: no open-loop target at all.
+    assert set(_goals([], knee=None, capacity=None)) == {"seed closed loop: ok/s / strict FIFO"}
+
+
+def test_tune_by_deadline_recommends_the_smallest_size_near_the_best_knee() -> None:
+    from stress.overload_report import format_tune, recommend_by_knee
+
+    sizes = [
+        {"max_connections": 2, "capacity_per_s": 2000.0, "knee_per_s": 1500.0, "probes": [{}] * 6},
+        {"max_connections": 5, "capacity_per_s": 4000.0, "knee_per_s": 3900.0, "probes": [{}] * 7},
+        {"max_connections": 10, "capacity_per_s": 4100.0, "knee_per_s": 4000.0, "probes": [{}] * 7},
+        {"max_connections": 20, "capacity_per_s": 3000.0, "knee_per_s": None, "probes": [{}] * 8},
+    ]
+    advice = recommend_by_knee(sizes, 100.0)
+    assert advice["max_connections"] == 5
+    assert advice["why"][1].endswith("<- recommended") and "only 38% of the best knee" in advice["why"][0]
+    assert "more connections buy nothing" in advice["why"][2] and "no knee found" in advice["why"][3]
+    assert len(format_tune(sizes).splitlines()) == 6
+    assert recommend_by_knee([dict(sizes[3])], 100.0)["max_connections"] is None
+
+
+def test_queue_policies_are_found_on_the_pool_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stress import overload_contenders as oc
+
+    class Today:  # GeventPool before queue_policy: unknown keywords go to the connections
+        def __init__(self, max_connections: int = 1, **connection_kwargs: Any) -> None:
+            self.connection_kwargs = connection_kwargs
+
+        def disconnect(self) -> None:
+            pass
+
+    class Refuses:  # TarantoolPool before queue_policy: a TypeError
+        def __init__(self, host: str, port: int, max_connections: int = 1) -> None:
+            pass
+
+    class Offers:
+        def __init__(self, max_connections: int = 1, queue_policy: str = "adaptive", **kwargs: Any) -> None:
+            if queue_policy not in ("fifo", "adaptive"):
+                raise ValueError(f"queue_policy must be 'fifo' or 'adaptive', got {queue_policy!r}")
+            self.connection_kwargs = kwargs
+
+        def disconnect(self) -> None:
+            pass
+
+    class OffersToo(Offers):  # the same, with TarantoolPool's signature
+        def __init__(self, host: str, port: int, max_connections: int = 1, queue_policy: str = "adaptive") -> None:
+            super().__init__(max_connections, queue_policy)
+
+        def close(self) -> None:
+            pass
+
+    for kind, cls, expected in (("redis", Today, ([], None)), ("tarantool", Refuses, ([], None))):
+        monkeypatch.setattr(oc, "_pool_class", lambda kind, cls=cls: cls)
+        assert oc.queue_policies(kind) == expected
+    monkeypatch.setattr(oc, "_pool_class", lambda kind: Today)
+    every, default, found = oc.contenders_for("redis")
+    assert default.name == "greenpool-fifo" and found["policies"] == [] and found["default_policy"] == "fifo"
+    assert [c.name for c in every] == [
+        "greenpool-fifo",
+        "greenpool-deadline",
+        "redis-blocking",
+        "redis-blocking-gevent",
+        "mux",
+    ]
+    monkeypatch.setattr(oc, "_pool_class", lambda kind: Offers)
+    assert oc.queue_policies("redis") == (["adaptive", "fifo"], "adaptive")
+    monkeypatch.setattr(oc, "_pool_class", lambda kind: OffersToo)
+    every, default, found = oc.contenders_for("tarantool")
+    assert default.name == "greenpool-adaptive" and default.policy == "adaptive"
+    assert [c.name for c in every] == [
+        "greenpool-adaptive",
+        "greenpool-fifo",
+        "greenpool-deadline",
+        "lifo-queue",
+        "mux",
+    ]
+    assert oc.valid_name("redis", "greenpool-lifo") and not oc.valid_name("redis", "lifo-queue")
+
+
+def test_greenpool_deadline_contender_runs_only_where_the_core_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import greenpool
+    from stress import overload_contenders as oc
+
+    monkeypatch.delattr(greenpool, "deadline", raising=False)
+    monkeypatch.setattr(greenpool, "__getattr__", lambda name: (_ for _ in ()).throw(AttributeError(name)))
+    every, _, found = oc.contenders_for("redis")
+    (deadline,) = [c for c in every if c.name == "greenpool-deadline"]
+    assert found["deadline"] is False and deadline.unavailable() == "this greenpool has no greenpool.deadline()"
+    marker = object()
+    monkeypatch.setattr(greenpool, "deadline", lambda seconds: marker, raising=False)
+    assert deadline.unavailable() is None and deadline.deadline()(0.1) is marker
+    assert deadline.describe()["deadline"] == "greenpool.deadline"
+
+
+def test_overload_defaults_and_quick() -> None:
+    args = parse_args(["overload"])
+    assert (args.command, args.kind, args.op, args.commands, args.deadline) == ("overload", "redis", "get", 3, 0.1)
+    assert (args.max_connections, args.timeout, args.multiples) == (10, 1.0, [0.5, 0.9, 1.0, 1.5, 2.0, 4.0])
+    assert (args.rounds, args.duration, args.soak_ops) == (3, 1.2, 300)
+    assert args.open and args.soak and args.seed and not args.check and args.pools is None
+    quick = parse_args(["overload", "--quick", "--server", "tarantool", "--rounds", "2"])
+    assert (quick.kind, quick.op, quick.value_size) == ("tarantool", "select", 1500)
+    assert (quick.rounds, quick.duration, quick.soak_ops, quick.seed) == (2, 1.0, 100, False)
+    alone = parse_args(["overload", "--soak-only"])
+    assert alone.soak and not alone.open and not alone.seed
+    assert not parse_args(["overload", "--no-soak"]).soak
+    tune = parse_args(["tune", "--deadline", "0.05"])
+    assert (tune.deadline, tune.op, tune.commands, tune.duration) == (0.05, "get", 3, 1.2)
+    assert (parse_args(["tune"]).op, parse_args(["tune"]).duration) == ("ping", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["overload", "--multiples", "0.5,0"], ["--multiples", "0"]),
+        (["overload", "--multiples", "1,,2"], ["--multiples"]),
+        (["overload", "--pools", "greenpool-fifo,nope"], ["--pools", "nope"]),
+        (["overload", "--server", "tarantool", "--pools", "redis-blocking"], ["--pools", "redis-blocking"]),
+        (["overload", "--server", "tarantool", "--url", "redis://127.0.0.1:1/0"], ["--url"]),
+        (["overload", "--op", "select"], ["--op"]),
+        (["overload", "--deadline", "0"], ["--deadline"]),
+        (["overload", "--knee", "-3"], ["--knee"]),
+        (["overload", "--no-soak", "--soak-only"], ["--soak-only"]),
+        (["overload", "--json", "/nonexistent-greenpool-dir/out.json"], ["--json", "does not exist"]),
+        (["overload", "--plot", "out.jpg"], ["--plot"]),
+        (["tune", "--deadline", "-1"], ["--deadline"]),
+    ],
+)
+def test_bad_overload_option_exits_2_naming_it(argv: List[str], names: List[str]) -> None:
+    proc = run_stress(*argv, timeout=30.0)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    for name in names:
+        assert name in proc.stderr
+
+
+def run_overload(tmp_path: Path, *args: str) -> Tuple[subprocess.CompletedProcess[str], Dict[str, Any]]:
+    out = tmp_path / "overload.json"
+    proc = run_stress(*args, "--json", str(out), "--check", timeout=150.0)
+    assert proc.returncode in (0, 3), f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    doc = json.loads(out.read_text())
+    # --check: exit status 3 exactly when a target is missed, and the report says which.
+    missed = [t["name"] for t in doc["targets"] if t["status"] == "MISS"]
+    assert doc["check"] == {"enabled": True, "missed": missed}
+    assert proc.returncode == (3 if missed else 0)
+    assert f"--check: {len(missed)} target(s) missed" in proc.stdout
+    return proc, doc
+
+
+def check_open_runs(doc: Dict[str, Any], names: List[str], multiples: List[float], rounds: int) -> None:
+    runs = doc["runs"]
+    assert sorted((r["contender"], r["multiple"], r["round"]) for r in runs) == sorted(
+        (n, m, i) for n in names for m in multiples for i in range(1, rounds + 1)
+    )
+    for run in runs:
+        where = f"{run['contender']} at {run['multiple']}x, round {run['round']}"
+        assert OPEN_RUN_FIGURES <= set(run), f"{where}: missing {OPEN_RUN_FIGURES - set(run)}"
+        assert run["requests"] > 0 and run["completed"] + sum(run["errors"].values()) == run["requests"], where
+        assert run["good"] + run["late"] <= run["completed"], where
+        assert run["mismatches"] == 0, f"{where}: wrong replies"
+        assert run["rate_per_s"] == pytest.approx(run["multiple"] * doc["knee"]["req_per_s"], rel=1e-3), where
+    # Alternating order: the contenders of one load run in the reverse order of the previous load's.
+    order = sorted(runs, key=lambda r: r["order"])
+    first = [r["contender"] for r in order if r["round"] == 1 and r["multiple"] == multiples[0]]
+    second = [r["contender"] for r in order if r["round"] == 1 and r["multiple"] == multiples[1]]
+    assert sorted(first) == sorted(names) and second == list(reversed(first))
+    assert sorted((r["multiple"], r["contender"]) for r in doc["rows"]) == sorted(
+        (m, n) for n in names for m in multiples
+    )
+    assert all(r["rounds"] == rounds for r in doc["rows"])
+
+
+def test_overload_redis_run_has_every_contender_at_every_load(redis_server: Any, tmp_path: Path) -> None:
+    names = ["greenpool-fifo", "redis-blocking", "mux"]
+    args = ["overload", "--url", redis_server.url, "--pools", ",".join(names), "--max-connections", "3"]
+    args += ["--multiples", "0.5,2", "--knee", "300", "--rounds", "2", "--duration", "0.5", "--quick"]
+    proc, doc = run_overload(tmp_path, *args)
+    assert doc["scenario"]["command"] == "overload" and doc["scenario"]["multiples"] == [0.5, 2.0]
+    assert [c["name"] for c in doc["contenders"]] == names and doc["knee"]["given"] is True
+    check_open_runs(doc, names, [0.5, 2.0], 2)
+    capacity = doc["capacity"]
+    assert capacity["contender"] == doc["default_contender"] and capacity["rounds"] == 2
+    assert [level["greenlets"] for level in capacity["levels"]] == [3, 6, 12]
+    assert capacity["median_req_per_s"] == max(level["median_req_per_s"] for level in capacity["levels"])
+    soak = doc["soak"]
+    assert [r["contender"] for r in soak["rows"]] == names and len(soak["runs"]) == 2 * len(names)
+    for run in soak["runs"]:
+        assert run["attempts"] == 100 * 100 and run["mismatches"] == 0, run
+        assert run["completed"] + sum(run["errors"].values()) == run["attempts"], run
+    assert doc["seed"] is None and "Random-deadline soak" in proc.stdout and "Open loop" in proc.stdout
+    check_environment(doc, "redis-server")
+
+
+def test_overload_tarantool_run(tarantool_server: Any, tmp_path: Path) -> None:
+    names = ["greenpool-fifo", "lifo-queue", "mux"]
+    args = ["overload", "--server", "tarantool", "--url", tarantool_server.url, "--pools", ",".join(names)]
+    args += ["--max-connections", "3", "--multiples", "0.5,1", "--knee", "200", "--rounds", "1", "--duration", "0.5"]
+    proc, doc = run_overload(tmp_path, *args, "--no-soak", "--no-seed")
+    check_open_runs(doc, names, [0.5, 1.0], 1)
+    assert doc["soak"] is None and doc["scenario"]["op"] == "select"
+    assert any(t["name"].endswith("/ lifo-queue") for t in doc["targets"])
+    password = getattr(tarantool_server, "password", None)
+    if password:
+        assert password not in proc.stdout + proc.stderr + json.dumps(doc)
+
+
+def test_tune_by_deadline_finds_a_knee_per_size(redis_server: Any, tmp_path: Path) -> None:
+    out = tmp_path / "tune.json"
+    args = ["tune", "--deadline", "0.1", "--url", redis_server.url, "--max-connections", "2", "--duration", "0.4"]
+    proc = run_stress(*args, "--json", str(out), timeout=120.0)
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = json.loads(out.read_text())
+    (size,) = doc["sizes"]
+    assert size["max_connections"] == 2 and size["capacity_per_s"] > 0 and size["probes"]
+    assert sum(not p["busy"] for p in size["probes"]) <= 14  # busy probes run again may come on top
+    assert doc["tune"]["max_connections"] == (2 if size["knee_per_s"] else None)
+    assert proc.returncode == (0 if size["knee_per_s"] else 1)
+    assert "Recommended: max_connections=2" in proc.stdout or "No recommendation" in proc.stdout
