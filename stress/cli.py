@@ -85,19 +85,27 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _int_list(text: str) -> List[int]:
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive integers, got {text!r}")
-    values = []
-    for item in items:
-        try:
-            values.append(_positive_int(item))
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(
-                f"must be a comma-separated list of positive integers, got {text!r} ({item!r})"
-            ) from None
-    return sorted(set(values))
+def _list_of(convert: Callable[[str], Any], what: str) -> Callable[[str], List[Any]]:
+    """An argparse type: a comma-separated list of ``convert``'s values, sorted, without repeats."""
+
+    def parse(text: str) -> List[Any]:
+        items = [item.strip() for item in text.split(",")]
+        if not text.strip() or any(not item for item in items):
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {what}, got {text!r}")
+        values = []
+        for item in items:
+            try:
+                values.append(convert(item))
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(
+                    f"must be a comma-separated list of {what}, got {text!r} ({item!r})"
+                ) from None
+        return sorted(set(values))
+
+    return parse
+
+
+_int_list = _list_of(_positive_int, "positive integers")
 
 
 def _positive_number(text: str) -> float:
@@ -110,19 +118,7 @@ def _positive_number(text: str) -> float:
     return value
 
 
-def _number_list(text: str) -> List[float]:
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of numbers > 0, got {text!r}")
-    values = []
-    for item in items:
-        try:
-            values.append(_positive_number(item))
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(
-                f"must be a comma-separated list of numbers > 0, got {text!r} ({item!r})"
-            ) from None
-    return sorted(set(values))
+_number_list = _list_of(_positive_number, "numbers > 0")
 
 
 def _name_list(text: str) -> List[str]:

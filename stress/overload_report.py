@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from stress.rounds import median, median_ratio, summary
+from stress.rounds import median, median_ratio, summary, target
 
 __all__ = [
     "TARGETS",
@@ -299,16 +299,7 @@ def seed_summary(runs: List[Dict[str, Any]], policy: str, reference: str = "gree
 def _target(
     name: str, value: Optional[float], goal: str, ok: Optional[bool], note: str = "", unit: str = "x"
 ) -> Dict[str, Any]:
-    status = "n/a" if ok is None else ("PASS" if ok else "MISS")
-    if value is None:
-        shown = "-"
-    elif unit == "%":
-        shown = f"{value:.2f} %"
-    elif unit == "n":
-        shown = f"{value:,.0f}"
-    else:
-        shown = f"{value:.2f}x"
-    return {"name": name, "value": value, "shown": shown, "target": goal, "status": status, "note": note}
+    return target(name, value, goal, ok, note, unit, digits=2)
 
 
 def _runs_at(runs: List[Dict[str, Any]], name: str, multiple: float) -> Dict[int, Dict[str, Any]]:

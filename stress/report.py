@@ -3,7 +3,7 @@
 Everything here works on plain dicts (one per run, as :func:`stress.harness.run_workload` returns them
 plus ``contender`` and ``max_connections``), so the JSON file holds exactly what the table shows.
 The plot needs matplotlib (the ``plot`` extra), imported only when a plot is asked for.
-Depends on the standard library only.
+Depends on the standard library and :mod:`stress.rounds` (target rows).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 from typing import Any, Dict, Iterable, List, Optional, TextIO, Tuple
+
+from stress.rounds import target
 
 __all__ = [
     "TARGETS",
@@ -152,16 +154,7 @@ def format_table(runs: Iterable[Dict[str, Any]]) -> str:
 
 
 def _target(name: str, value: Any, goal: str, ok: Optional[bool], note: str = "", unit: str = "x") -> Dict[str, Any]:
-    status = "n/a" if ok is None else ("PASS" if ok else "MISS")
-    if value is None:
-        shown = "-"
-    elif unit == "%":
-        shown = f"{value:.1f} %"
-    elif unit == "B":
-        shown = f"{value:,.0f} B"
-    else:
-        shown = f"{value:.2f}x"
-    return {"name": name, "value": value, "shown": shown, "target": goal, "status": status, "note": note}
+    return target(name, value, goal, ok, note, unit, digits=1)
 
 
 def targets(

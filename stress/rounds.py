@@ -15,10 +15,35 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["EXIT_MISSED", "exit_status", "median", "median_ratio", "missed", "spread_pct", "summary"]
+__all__ = ["EXIT_MISSED", "exit_status", "median", "median_ratio", "missed", "spread_pct", "summary", "target"]
 
 #: Exit status of a run with ``--check`` when a target is missed (1 is "could not run", 2 a bad option).
 EXIT_MISSED = 3
+
+
+def target(
+    name: str,
+    value: Optional[float],
+    goal: str,
+    ok: Optional[bool],
+    note: str = "",
+    unit: str = "x",
+    digits: int = 2,
+) -> Dict[str, Any]:
+    """One target's row: ``status`` is ``n/a`` when ``ok`` is None, else ``PASS`` or ``MISS``; ``shown`` is
+    ``value`` in its ``unit``: ``x`` (a ratio), ``%`` (with ``digits`` decimals), ``B`` (bytes), ``n`` (a count)."""
+    status = "n/a" if ok is None else ("PASS" if ok else "MISS")
+    if value is None:
+        shown = "-"
+    elif unit == "%":
+        shown = f"{value:.{digits}f} %"
+    elif unit == "B":
+        shown = f"{value:,.0f} B"
+    elif unit == "n":
+        shown = f"{value:,.0f}"
+    else:
+        shown = f"{value:.2f}x"
+    return {"name": name, "value": value, "shown": shown, "target": goal, "status": status, "note": note}
 
 
 def median(values: Iterable[Optional[float]]) -> Optional[float]:
