@@ -2,7 +2,7 @@
 
 ``with greenpool.deadline(0.1):`` works as ``with gevent.Timeout(0.1):`` does (``gevent.Timeout`` is raised in
 the block when the time is up) and also records, for the current greenlet, when the budget ends. The pools read
-it: a checkout whose remaining budget cannot cover the expected wait fails at once with the pool's timeout
+it: a checkout whose remaining budget cannot cover half the expected wait fails at once with the pool's timeout
 error, and a hand-off skips a waiter whose budget has run out, so that no slot is taken and no connection is
 handed to a greenlet about to be interrupted. Deadlines nest; an inner one never extends an outer one.
 Depends on ``greenpool._green`` (the gevent seam) and ``greenpool._validate``.
@@ -33,7 +33,7 @@ class deadline:
 
     Raises ``gevent.Timeout`` (or ``exception``) inside the block when the time is up; a pool checkout inside
     it raises the pool's own timeout error (a :class:`greenpool.PoolTimeout`) at once when the remaining budget
-    cannot cover the expected wait.
+    cannot cover half the expected wait.
     """
 
     __slots__ = ("_greenlet", "_outer", "_timer", "at", "exception", "seconds")

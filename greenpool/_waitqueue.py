@@ -39,7 +39,8 @@ _GIVE_UP_QUORUM = 8
 _CONTINUATION = 0.02
 #: The adaptive policy counts hand-offs and give-ups in windows of this many seconds.
 _WINDOW = 0.1
-#: Under this share of give-ups (among those who left the queue, over the last two windows) the queue keeps up.
+#: The adaptive policy turns LIFO when this share of those leaving the queue gave up (over its last two
+#: windows), and back to FIFO under half of it: LIFO makes the oldest waiters give up too, a few of them.
 _GIVE_UP_SHARE = 0.1
 
 
@@ -89,15 +90,16 @@ class WaitQueue:
       to be of use. The pool's own checkout ``timeout`` is not: a waiter served just before it still gets its
       work done, so FIFO loses nothing there and stays. The queue counts, in windows of 0.1 s, the waiters
       handed a connection and those that gave up; it turns LIFO when, over the last two windows, at least 8
-      gave up and they were at least a tenth of those that left the queue, and back to FIFO as soon as nobody
-      gave up for two windows, or when the queue empties. A long queue served in time (the 5000-greenlet closed
+      gave up and they were at least a tenth of those that left the queue, and back to FIFO once fewer than 8
+      or under a twentieth gave up (LIFO itself makes a few of the oldest give up), or when the queue empties. A long queue served in time (the 5000-greenlet closed
       loop) never turns LIFO. In LIFO mode a greenlet that released a connection within the last 20 ms (it is
       in the middle of a request) is served before newcomers, so that requests of several commands finish
       instead of each doing its first command only.
 
-    With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met (its remaining
-    budget is shorter than the expected wait, or runs out while it is queued) is refused at once instead of
-    holding its place: no slot taken, no connection handed to a greenlet about to be interrupted.
+    With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met is refused at once
+    instead of holding its place: its remaining budget is shorter than half the expected wait (an average, so a
+    margin), or it runs out while it is queued. No slot is taken, no connection handed to a greenlet about to
+    be interrupted.
 
     ``refused(value)`` takes back a value handed to a waiter that was interrupted before it resumed.
     Everything runs in the pool's hub; nothing here blocks except :meth:`wait`.
@@ -159,7 +161,7 @@ class WaitQueue:
         budget = BUDGETS.get(greenlet, 0.0) if BUDGETS else 0.0
         if self._adaptive:
             self._adapt(now)
-        if budget and budget - now < self.expected_wait(max_size):
+        if budget and 2.0 * (budget - now) < self.expected_wait(max_size):
             self.shed += 1
             return EXPIRED
         waiter = Waiter(greenlet, budget)
@@ -338,11 +340,11 @@ class WaitQueue:
             self._window = [0, 0]
             self._window_start = now
         gave_up = self._window[0] + self._last_window[0]
+        share = gave_up / (gave_up + self._window[1] + self._last_window[1] or 1)
         if not self.lifo:
-            handed = self._window[1] + self._last_window[1]
-            if gave_up >= _GIVE_UP_QUORUM and gave_up >= _GIVE_UP_SHARE * (gave_up + handed):
+            if gave_up >= _GIVE_UP_QUORUM and share >= _GIVE_UP_SHARE:
                 self._set_lifo(True, now)
-        elif not gave_up:
+        elif gave_up < _GIVE_UP_QUORUM or share < 0.5 * _GIVE_UP_SHARE:
             self._set_lifo(False, now)
 
     def _set_lifo(self, lifo: bool, now: float) -> None:
