@@ -91,10 +91,10 @@ class WaitQueue:
       work done, so FIFO loses nothing there and stays. The queue counts, in windows of 0.1 s, the waiters
       handed a connection and those that gave up; it turns LIFO when, over the last two windows, at least 8
       gave up and they were at least a tenth of those that left the queue, and back to FIFO once fewer than 8
-      or under a twentieth gave up (LIFO itself makes a few of the oldest give up), or when the queue empties. A long queue served in time (the 5000-greenlet closed
-      loop) never turns LIFO. In LIFO mode a greenlet that released a connection within the last 20 ms (it is
-      in the middle of a request) is served before newcomers, so that requests of several commands finish
-      instead of each doing its first command only.
+      or under a twentieth gave up (LIFO itself makes a few of the oldest give up), or when the queue empties.
+      A long queue served in time (the 5000-greenlet closed loop) never turns LIFO. In LIFO mode a greenlet
+      that released a connection within the last 20 ms (it is in the middle of a request) is served before
+      newcomers, so that requests of several commands finish instead of each doing its first command only.
 
     With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met is refused at once
     instead of holding its place: its remaining budget is shorter than half the expected wait (an average, so a
