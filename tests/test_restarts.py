@@ -33,9 +33,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         gevent.sleep(0.01)
 
 
-def record(request: pytest.FixtureRequest, scenario: str, since: float, errors: List[BaseException]) -> None:
+def record(
+    request: pytest.FixtureRequest, scenario: str, backend: str, since: float, errors: List[BaseException]
+) -> None:
     """A row for the fault suite's summary table: seconds from the server being back to the commands done."""
-    figures = {"scenario": scenario, "recovery_s": time.monotonic() - since, "lost_writes": 0, "max_wait_s": None}
+    figures = {"scenario": scenario, "backend": backend, "recovery_s": time.monotonic() - since}
+    figures.update(lost_writes=0, max_wait_s=None)
     figures["failed_commands"] = len(errors)
     request.node.user_properties.extend(figures.items())
 
@@ -86,7 +89,7 @@ def test_redis_restart_while_idle_fails_no_command(kind: str, fresh_redis: Any, 
     fresh_redis.start()
     back = time.monotonic()
     errors = run_all(lambda i: client.set(f"restart:{i}", i), CONNECTIONS)
-    record(request, "restart while idle", back, errors)
+    record(request, "restart while idle", "RedisMuxPool" if kind == "mux" else kind, back, errors)
     assert errors == []
     for i in range(3 * CONNECTIONS):
         assert client.get(f"restart:{i % CONNECTIONS}") == str(i % CONNECTIONS).encode()
@@ -106,7 +109,7 @@ def test_redis_idle_timeout_on_the_server_fails_no_command(fresh_redis: Any, req
         wait_until(lambda: len(admin.client_list()) == 1)  # only admin is left
         closed = time.monotonic()
         errors = run_all(lambda i: client.incr(f"idle-timeout:{i}"), CONNECTIONS)
-        record(request, "server idle timeout", closed, errors)
+        record(request, "server idle timeout", "GeventPool", closed, errors)
         assert errors == []
     finally:
         admin.config_set("timeout", 0)
@@ -149,7 +152,7 @@ def test_tarantool_restart_while_idle_fails_no_command(
     fresh_tarantool.start()
     back = time.monotonic()
     errors = run_all(lambda i: client.replace("tester", (i, "after")), CONNECTIONS)
-    record(request, "restart while idle", back, errors)
+    record(request, "restart while idle", "TarantoolMux" if kind == "mux" else kind, back, errors)
     assert errors == []
     for i in range(3 * CONNECTIONS):
         assert client.select("tester", i % CONNECTIONS)[0][1] == "after"
