@@ -265,13 +265,16 @@ class Pool(Generic[C]):
         """Check a connection out.
 
         Returns an idle connection, or a new one (created in the caller's greenlet) while fewer than
-        ``max_size`` are open. Otherwise blocks, first come first served, for up to ``timeout`` seconds
-        (default: the pool's ``timeout``; ``None`` forever; ``0`` not at all). The time spent creating or
-        checking a connection counts toward that timeout only while waiting.
+        ``max_size`` are open. Otherwise blocks, in the order ``queue_policy`` sets (first come first served
+        while the pool keeps up), for up to ``timeout`` seconds (default: the pool's ``timeout``; ``None``
+        forever; ``0`` not at all), then for as long as ``create()`` or ``check`` take on the connection it
+        was given (the adapters bound those: see their docstrings).
 
-        Raises :class:`PoolTimeout` when the time runs out, :class:`TooManyWaiting` when ``max_waiting``
-        greenlets already wait, :class:`PoolClosed` after :meth:`close`, :class:`WrongThread` from a
-        second thread, and whatever ``create()`` raises when a new connection cannot be made.
+        Raises :class:`PoolTimeout` when the time runs out, or at once inside a :func:`greenpool.deadline`
+        whose budget cannot cover half the expected wait (or runs out while queued); :class:`TooManyWaiting`
+        when ``max_waiting`` greenlets already wait, :class:`PoolClosed` after :meth:`close`,
+        :class:`WrongThread` from a second thread, and whatever ``create()`` raises when a new connection
+        cannot be made.
         """
         if self._thread != _green.thread_ident() or self._loop is None:
             self._bind()
