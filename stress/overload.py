@@ -384,12 +384,10 @@ def run(args: argparse.Namespace) -> int:
     seed_note = ""
     blocks: List[str] = []
     with session.server(args.kind, args.url) as server:
-        try:
-            data = _data(args, server["url"])
-            versions = session.versions(data.prepare_server())
-        except Exception as exc:
-            _stderr(f"cannot use the server at {server['where']}: {type(exc).__name__}: {exc}")
+        opened = _open_data(args, server)
+        if opened is None:
             return 1
+        data, versions = opened
         cpu_before = session.cpu_share()
         print_lines(sys.stdout, _header(args, data, server["where"], versions, found, cpu_before))
         if args.open:
@@ -499,6 +497,16 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- tune --deadline
 
 
+def _open_data(args: argparse.Namespace, server: Dict[str, Any]) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """The scenario's data on ``server`` and the versions line; ``None`` (after saying why) when unusable."""
+    try:
+        data = _data(args, server["url"])
+        return data, session.versions(data.prepare_server())
+    except Exception as exc:
+        _stderr(f"cannot use the server at {server['where']}: {type(exc).__name__}: {exc}")
+        return None
+
+
 def tune(args: argparse.Namespace) -> int:
     """``tune --deadline``: the knee of the default greenpool contender at each ``--max-connections``; recommend
     the smallest size whose knee is within 5 % of the best. Exit status 1 when no size has a knee."""
@@ -507,12 +515,10 @@ def tune(args: argparse.Namespace) -> int:
     started = session.now()
     sizes: List[Dict[str, Any]] = []
     with session.server(args.kind, args.url) as server:
-        try:
-            data = _data(args, server["url"])
-            versions = session.versions(data.prepare_server())
-        except Exception as exc:
-            _stderr(f"cannot use the server at {server['where']}: {type(exc).__name__}: {exc}")
+        opened = _open_data(args, server)
+        if opened is None:
             return 1
+        data, versions = opened
         print_lines(
             sys.stdout,
             f"greenpool tune by deadline: {data.describe()}, {args.commands} commands per request inside one "

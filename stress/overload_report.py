@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from stress.rounds import median, median_ratio, summary, target
+from stress.rounds import format_targets, median, median_ratio, summary, target
 
 __all__ = [
     "TARGETS",
@@ -469,15 +469,6 @@ def targets(
             )
         )
     return out
-
-
-def format_targets(items: List[Dict[str, Any]]) -> str:
-    """One line per target: status, name, value, goal, note."""
-    lines = []
-    for t in items:
-        note = f"  ({t['note']})" if t["note"] else ""
-        lines.append(f"  {t['status']:<4}  {t['name']}: {t['shown']} (target {t['target']}){note}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- tables

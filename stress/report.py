@@ -12,7 +12,7 @@ import importlib.util
 import json
 from typing import Any, Dict, Iterable, List, Optional, TextIO, Tuple
 
-from stress.rounds import target
+from stress.rounds import format_targets, target
 
 __all__ = [
     "TARGETS",
@@ -291,15 +291,6 @@ def _tarantool_mux_targets(runs: List[Dict[str, Any]], greenlets: int) -> List[D
             note += f": the lowest of max_connections {sizes}"
         out.append(_target(name, worst[field], goal, worst[field] >= goal_ratio, note))
     return out
-
-
-def format_targets(items: List[Dict[str, Any]]) -> str:
-    """One line per target: status, name, value, goal, note."""
-    lines = []
-    for t in items:
-        note = f"  ({t['note']})" if t["note"] else ""
-        lines.append(f"  {t['status']:<4}  {t['name']}: {t['shown']} (target {t['target']}){note}")
-    return "\n".join(lines)
 
 
 def recommend(runs: List[Dict[str, Any]], timeout: float) -> Dict[str, Any]:

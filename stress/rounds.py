@@ -15,7 +15,17 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["EXIT_MISSED", "exit_status", "median", "median_ratio", "missed", "spread_pct", "summary", "target"]
+__all__ = [
+    "EXIT_MISSED",
+    "exit_status",
+    "median",
+    "median_ratio",
+    "missed",
+    "spread_pct",
+    "summary",
+    "target",
+    "format_targets",
+]
 
 #: Exit status of a run with ``--check`` when a target is missed (1 is "could not run", 2 a bad option).
 EXIT_MISSED = 3
@@ -44,6 +54,15 @@ def target(
     else:
         shown = f"{value:.2f}x"
     return {"name": name, "value": value, "shown": shown, "target": goal, "status": status, "note": note}
+
+
+def format_targets(items: List[Dict[str, Any]]) -> str:
+    """One line per target: status, name, value, goal, note."""
+    lines = []
+    for t in items:
+        note = f"  ({t['note']})" if t["note"] else ""
+        lines.append(f"  {t['status']:<4}  {t['name']}: {t['shown']} (target {t['target']}){note}")
+    return "\n".join(lines)
 
 
 def median(values: Iterable[Optional[float]]) -> Optional[float]:
