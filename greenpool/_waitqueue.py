@@ -9,12 +9,12 @@ Depends on ``greenpool._green`` (the gevent seam) and ``greenpool._deadline`` (t
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 from greenpool import _green
 from greenpool._deadline import BUDGETS
 
-__all__ = ["EXPIRED", "POLICIES", "WaitQueue", "Waiter"]
+__all__ = ["EXPIRED", "POLICIES", "SHED", "WaitQueue", "Waiter"]
 
 #: The service policies a pool accepts as ``queue_policy``.
 POLICIES = ("adaptive", "fifo", "lifo")
@@ -23,15 +23,22 @@ POLICIES = ("adaptive", "fifo", "lifo")
 WAITING, GIVEN, DONE, GONE = "waiting", "given", "done", "gone"
 
 
-class _Expired:
-    __slots__ = ()
+class _Outcome:
+    """A marker :meth:`WaitQueue.wait` returns instead of a value."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def __repr__(self) -> str:
-        return "<expired>"
+        return f"<{self.name}>"
 
 
-#: Returned by :meth:`WaitQueue.wait` when the waiter's time ran out (the pool raises its timeout error).
-EXPIRED: Any = _Expired()
+#: Returned by :meth:`WaitQueue.wait` when the waiter's checkout timeout ran out.
+EXPIRED: Any = _Outcome("expired")
+#: Returned by :meth:`WaitQueue.wait` when the caller's deadline could not be met (refused, not timed out).
+SHED: Any = _Outcome("shed")
 
 #: The adaptive policy turns LIFO only once at least this many waiters gave up within its last two windows.
 _GIVE_UP_QUORUM = 8
@@ -126,7 +133,8 @@ class WaitQueue:
         self._window_start = 0.0
         self._window = [0, 0]  # this window's give-ups and hand-offs
         self._last_window = [0, 0]
-        #: Seconds a connection is held per checkout, recently (an average the pool keeps up to date).
+        #: Seconds a connection is held per checkout, recently: a moving average the pool's release updates
+        #: (inline: it is on the hot path).
         self.hold = 0.0
         self._released: Dict[Any, float] = {}  # LIFO mode: greenlet -> when it last released a connection
         self._mode_since = 0.0
@@ -151,8 +159,9 @@ class WaitQueue:
     def wait(self, timeout: Optional[float], max_size: int) -> Any:
         """Queue the current greenlet and block until it is handed a value or its time is up.
 
-        Returns the value handed over (an entry or the slot marker; an exception value is raised), or
-        :data:`EXPIRED` when ``timeout`` seconds passed first or the caller's deadline cannot be met. An
+        Returns the value handed over (an entry or the slot marker; an exception value is raised),
+        :data:`EXPIRED` when ``timeout`` seconds passed first, or :data:`SHED` when the caller's deadline
+        cannot be met (at once, or when its budget ran out while queued). An
         interruption (kill, outer ``gevent.Timeout``) propagates after the waiter left the queue; a value
         handed to it meanwhile goes back through ``refused``.
         """
@@ -163,7 +172,7 @@ class WaitQueue:
             self._adapt(now)
         if budget and 2.0 * (budget - now) < self.expected_wait(max_size):
             self.shed += 1
-            return EXPIRED
+            return SHED
         waiter = Waiter(greenlet, budget)
         if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
             self._first.append(waiter)
@@ -191,10 +200,10 @@ class WaitQueue:
             if timer is not None:
                 timer.close()
         if waiter.state != GIVEN:
-            # Woken by a timer, or refused for its deadline (state GONE).
+            # Woken by a timer (EXPIRED), or refused for its deadline (its value is SHED); state GONE.
             if waiter.state == WAITING:  # pragma: no cover - a stray switch into this greenlet
                 self._leave(waiter)
-            return EXPIRED
+            return SHED if waiter.value is SHED else EXPIRED
         waiter.state = DONE
         self.nhanding -= 1
         value = waiter.value
@@ -211,11 +220,15 @@ class WaitQueue:
         ahead = len(self._first) if self.lifo else self.nwaiting
         return ahead * self.hold / max_size
 
-    def released(self, greenlet: Any, now: float) -> None:
-        """Note that ``greenlet`` released a connection at ``now`` (called only while in LIFO mode)."""
+    def released(self, now: float) -> None:
+        """The current greenlet released a connection at ``now``: in LIFO mode, it is in the middle of a request.
+
+        Called by the pool's release (only while ``lifo``), not when a refused hand-off comes back.
+        """
         released = self._released
+        greenlet = _green.getcurrent()
         released[greenlet] = now
-        if len(released) > 4096:
+        if len(released) > 4096:  # greenlets that never came back: forget the stale ones
             horizon = now - _CONTINUATION
             self._released = {g: t for g, t in released.items() if t > horizon}
 
@@ -223,14 +236,11 @@ class WaitQueue:
 
     def hand_off(self, value: Any) -> bool:
         """Give ``value`` to the next live waiter by the policy; return False when nobody waits."""
-        if self._first:
-            waiter = self._next(self._first, False)
-            if waiter is not None:
-                self._give(waiter, value)
-                return True
-        waiter = self._next(self._waiters, self.lifo)
+        waiter = self._next(self._first, False) if self._first else None
         if waiter is None:
-            return False
+            waiter = self._next(self._waiters, self.lifo)
+            if waiter is None:
+                return False
         self._give(waiter, value)
         return True
 
@@ -243,6 +253,7 @@ class WaitQueue:
                 continue
             if waiter.budget and waiter.budget <= _green.monotonic():
                 self.shed += 1
+                waiter.value = SHED
                 self._leave(waiter)
                 self._ngone -= 1
                 waiter.wake = self._loop.run_callback(waiter.greenlet.switch)
@@ -262,8 +273,8 @@ class WaitQueue:
             expiry.popleft()
         while expiry and expiry[-1].state != WAITING:
             expiry.pop()
-        if not self.nwaiting and self.lifo and self._adaptive:
-            self._set_lifo(False, _green.monotonic())
+        if not self.nwaiting:
+            self._emptied()
 
     # ------------------------------------------------------------------ leaving
 
@@ -322,7 +333,12 @@ class WaitQueue:
             self._waiters = deque(w for w in self._waiters if w.state == WAITING)
             self._first = deque(w for w in self._first if w.state == WAITING)
             self._ngone = 0
-        if not self.nwaiting and self.lifo and self._adaptive:
+        if not self.nwaiting:
+            self._emptied()
+
+    def _emptied(self) -> None:
+        """Nobody waits any more: the adaptive policy starts over in FIFO order."""
+        if self.lifo and self._adaptive:
             self._set_lifo(False, _green.monotonic())
 
     def fail_all(self, error: BaseException) -> None:
@@ -381,6 +397,3 @@ class WaitQueue:
         self.lifo_seconds = 0.0
         if self.lifo:
             self._mode_since = now
-
-    def live_waiters(self) -> List[Waiter]:
-        return [w for w in (*self._first, *self._waiters) if w.state == WAITING]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, Ty
 
 from greenpool import _green
 from greenpool._validate import check_callable, check_choice, check_int, check_name, check_seconds, check_sizes
-from greenpool._waitqueue import EXPIRED, POLICIES, WaitQueue
+from greenpool._waitqueue import EXPIRED, POLICIES, SHED, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.stats import Counters
 
@@ -330,25 +330,24 @@ class Pool(Generic[C]):
             self._timed_out(0.0)
         stats.requests_queued += 1
         start = _green.monotonic()
-        shed = queue.shed
         value = queue.wait(timeout, self.max_size)
         waited_ms = (_green.monotonic() - start) * 1000.0
         stats.requests_wait_ms += waited_ms
         stats.waits_ms.append(waited_ms)
+        if value is SHED:
+            stats.requests_errors += 1
+            raise self.timeout_error(
+                f"No connection available. The caller's deadline would run out before its turn "
+                f"(expected wait {queue.expected_wait(self.max_size) * 1000.0:.1f} ms); {self._state_text()}"
+            )
         if value is EXPIRED:
-            if queue.shed != shed:
-                stats.requests_errors += 1
-                raise self.timeout_error(
-                    f"No connection available. The caller's deadline would run out before its turn "
-                    f"(expected wait {queue.expected_wait(self.max_size) * 1000.0:.1f} ms); {self._state_text()}"
-                )
             self._timed_out(waited_ms / 1000.0)
         return value
 
     def _refused(self, value: Any) -> None:
         """Take back what was handed to a waiter interrupted before it resumed: pass it on."""
         if isinstance(value, _Entry):
-            self._put_back(value)
+            self._put_back(value, _green.monotonic())
         elif value is _SLOT:
             self._free_slot()
 
@@ -460,20 +459,21 @@ class Pool(Generic[C]):
             self._close_entry(entry)
             self._free_slot()
             return
-        self._put_back(entry)
-
-    def _put_back(self, entry: _Entry) -> None:
         now = _green.monotonic()
+        queue = self._queue
+        held = now - entry.taken
+        queue.hold = queue.hold + (held - queue.hold) * 0.05 if queue.hold else held
+        if queue.lifo:
+            queue.released(now)
+        self._put_back(entry, now)
+
+    def _put_back(self, entry: _Entry, now: float) -> None:
         if self._closed or now >= entry.expires or self._size > self.max_size:
             self._close_entry(entry)
             self._free_slot()
             return
         entry.last_used = now
         queue = self._queue
-        held = now - entry.taken
-        queue.hold = queue.hold + (held - queue.hold) * 0.05 if queue.hold else held  # how long checkouts last
-        if queue.lifo:
-            queue.released(_green.getcurrent(), now)
         if not (queue.nwaiting and queue.hand_off(entry)):
             self._idle_list.append(entry)
             if self._socket is not None:
@@ -574,7 +574,7 @@ class Pool(Generic[C]):
                     raise
                 logger.warning("%s: could not open a connection to keep min_size", self.name, exc_info=True)
                 return
-            self._put_back(entry)
+            self._put_back(entry, _green.monotonic())
 
     # ------------------------------------------------------------------ sizing and closing
 

@@ -333,3 +333,41 @@ def test_checkout_timeouts_alone_never_turn_the_queue_lifo(clock: Clock) -> None
     gevent.killall(more)
     pool.release(conn)
     assert pool.waiting == 0 and pool.idle == 1
+
+
+def test_a_waiter_that_times_out_says_so_even_when_another_was_shed_meanwhile(clock: Clock) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    conn = pool.acquire()
+    outcome: List[str] = []
+
+    def with_deadline() -> None:
+        with deadline(5):
+            try:
+                pool.acquire()
+            except PoolTimeout as exc:
+                outcome.append(f"shed: {exc}")
+
+    def with_timeout() -> None:
+        try:
+            pool.acquire(60)
+        except PoolTimeout as exc:
+            outcome.append(f"timeout: {exc}")
+
+    doomed = gevent.spawn(with_deadline)
+    gevent.sleep(0)
+    served = gevent.spawn(pool.acquire)
+    gevent.sleep(0)
+    patient = gevent.spawn(with_timeout)
+    gevent.sleep(0)
+    clock.advance(10)  # the first waiter's budget has run out
+    pool.release(conn)  # skips it (shed), hands the connection to the second
+    settle()
+    clock.advance(61)
+    pool._queue._on_expiry()  # the third waiter's checkout timeout
+    gevent.joinall([doomed, served, patient], timeout=5)
+    assert len(outcome) == 2
+    assert outcome[0].startswith("shed: ") and "deadline would run out" in outcome[0]
+    assert outcome[1].startswith("timeout: No connection available. Waited 71.00 s")
+    stats = pool.get_stats()
+    assert stats["requests_shed"] == 1 and stats["requests_timeouts"] == 1
+    pool.release(served.value)
