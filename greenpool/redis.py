@@ -277,11 +277,10 @@ class GeventPool(ConnectionPool):
         bound, setting = getattr(connection, "socket_connect_timeout", None), connect_setting
         if bound is None:
             bound, setting = 10.0, "the default: socket_connect_timeout and socket_timeout are None"
-        path = kwargs.get("path")
-        address = str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        address = _address(kwargs)
         name = self._core_settings["name"]
         where = name if address in name else f"{name} ({address})"
-        socket_stage = "unix socket connect" if path else "TCP connect"
+        socket_stage = "unix socket connect" if kwargs.get("path") else "TCP connect"
         stages = (
             ("call_with_retry", "waiting to retry after a failed attempt"),
             ("_connect", socket_stage),
@@ -495,8 +494,12 @@ def _disconnect(connection: Any) -> None:
 _socket_of = operator.attrgetter("_sock")
 
 
+def _address(kwargs: Dict[str, Any]) -> str:
+    """Where the connections go, ``host:port`` or the socket path, from their arguments (no credentials)."""
+    path = kwargs.get("path")
+    return str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
 def _default_name(kwargs: Dict[str, Any]) -> str:
     """A pool name from where it connects, without credentials."""
-    path = kwargs.get("path")
-    where = str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-    return f"redis {where}/{kwargs.get('db', 0)}"
+    return f"redis {_address(kwargs)}/{kwargs.get('db', 0)}"

@@ -153,6 +153,11 @@ def _pinger(bound: Optional[float]) -> Callable[[Any], Any]:
     return check
 
 
+def _address(host: Optional[str], port: Union[int, str]) -> str:
+    """``host:port``, or the socket path when ``host`` is None (never credentials)."""
+    return f"{host}:{port}" if host is not None else str(port)
+
+
 def _connector(
     host: Optional[str], port: Union[int, str], user: Optional[str], password: Optional[str], kwargs: Dict[str, Any]
 ) -> Callable[[], Any]:
@@ -167,7 +172,7 @@ def _connector(
     options = dict(kwargs)
     connect_now = options.pop("connect_now", True)
     bound = options.get("connection_timeout")
-    where = f"{host}:{port}" if host is not None else str(port)
+    where = _address(host, port)
     # The steps of tarantool.Connection.connect(), in order (see greenpool._green.stage_of).
     stages = (
         ("connect_tcp", "TCP connect"),
@@ -285,8 +290,9 @@ class TarantoolPool(Pool[Any]):
     10 s; ``None``: no bound) while it creates one: the whole connect, TCP connect, TLS handshake, greeting,
     IPROTO_ID, authentication and schema load, or :class:`TarantoolConnectTimeout` (a ``NetworkError``) names
     the server, the setting and the stage; a ``socket_timeout`` that expires while connecting raises it too.
-    Each reply, and the ping of an idle connection, takes at most ``socket_timeout`` (default ``None``: no
-    bound). The bounds need gevent's patched ``socket`` module, as everything else here does.
+    Each reply takes at most ``socket_timeout`` (default ``None``: no bound); the ping that checks an idle
+    connection, at most ``connection_timeout``. The bounds need gevent's patched ``socket`` module, as
+    everything else here does.
     """
 
     timeout_error = TarantoolPoolTimeout
@@ -385,7 +391,7 @@ class TarantoolPool(Pool[Any]):
     ping = _helper("ping")
 
     def __repr__(self) -> str:
-        address = f"{self.host}:{self.port}" if self.host is not None else str(self.port)
+        address = _address(self.host, self.port)
         user = f" user={self.user!r}" if self.user else ""
         state = "closed" if self.closed else f"size={self.size}/{self.max_size} idle={self.idle}"
         return (
