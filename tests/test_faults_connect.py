@@ -344,35 +344,31 @@ def test_a_callers_own_gevent_timeout_during_a_connect_is_raised_as_itself(
 # ---------------------------------------------------------------------- the clients' own socket timeouts
 
 
+def own_socket_timeout_case(kind: Kind, server: Any, stage: str, request: pytest.FixtureRequest) -> None:
+    """A black-holed connect whose client gives up at its own ``socket_timeout`` before the (long) connect bound:
+    the pool's connect timeout names ``socket_timeout`` and the stage."""
+    with Proxy(server.host, server.port) as proxy:
+        proxy.blackhole = True
+        pool = kind.make(proxy.host, proxy.port, bound=30.0, socket_timeout=BOUND)
+        try:
+            elapsed, message = check_connect_timeout(kind, pool, f"{proxy.host}:{proxy.port}", stage)
+            assert "after 0.5 s (socket_timeout)" in message, message
+            record(request, kind, scenario="connect: socket_timeout", max_wait_s=elapsed)
+        finally:
+            kind.close(pool)
+
+
 def test_tarantool_python_socket_timeout_while_connecting_is_a_connect_timeout_naming_it(
     tarantool_private: TarantoolServer, request: pytest.FixtureRequest
 ) -> None:
     # tarantool-python reports its own socket timeout as "(104, 'Connection reset by peer')"; the pool names it.
-    kind = TarantoolPoolKind()
-    with Proxy(tarantool_private.host, tarantool_private.port) as proxy:
-        proxy.blackhole = True
-        pool = kind.make(proxy.host, proxy.port, bound=30.0, socket_timeout=BOUND)
-        try:
-            elapsed, message = check_connect_timeout(kind, pool, f"{proxy.host}:{proxy.port}", "greeting")
-            assert "after 0.5 s (socket_timeout)" in message, message
-            record(request, kind, scenario="connect: socket_timeout", max_wait_s=elapsed)
-        finally:
-            pool.close()
+    own_socket_timeout_case(TarantoolPoolKind(), tarantool_private, "greeting", request)
 
 
 def test_redis_py_socket_timeout_while_connecting_is_a_connect_timeout_naming_it(
     redis_with_password: RedisServer, request: pytest.FixtureRequest
 ) -> None:
-    kind = GeventPoolKind()
-    with Proxy(redis_with_password.host, redis_with_password.port) as proxy:
-        proxy.blackhole = True
-        pool = kind.make(proxy.host, proxy.port, bound=30.0, socket_timeout=BOUND)
-        try:
-            elapsed, message = check_connect_timeout(kind, pool, f"{proxy.host}:{proxy.port}", "handshake")
-            assert "after 0.5 s (socket_timeout)" in message, message
-            record(request, kind, scenario="connect: socket_timeout", max_wait_s=elapsed)
-        finally:
-            pool.disconnect()
+    own_socket_timeout_case(GeventPoolKind(), redis_with_password, "handshake", request)
 
 
 def test_tarantool_idle_check_against_a_stopped_server_is_bounded(fresh_tarantool: Any, request: Any) -> None:

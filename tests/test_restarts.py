@@ -20,17 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from greenpool import GeventPool, RedisMuxPool, TarantoolMux, TarantoolPool
+from tests.test_tarantool import wait_until
 
 CONNECTIONS = 10
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Yield to the loop until ``predicate()`` holds; fail after ``timeout`` s (a bound, not a pace)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        gevent.sleep(0.01)
 
 
 def record(

@@ -67,6 +67,18 @@ def queue_up(pool: Pool[Conn], n: int, served: List[int], start: int = 0) -> Lis
     return greenlets
 
 
+def serve_in_turn(pool: Pool[Conn], conn: Any, waiters: List[Any], served: List[int], hold: Any = None) -> Any:
+    """Release ``conn`` once per waiter in ``waiters`` (numbered from 0), after ``hold`` = ``(clock, seconds)`` of
+    use each time; the waiter served takes it and holds it. Return the connection, held by the last one."""
+    for _ in range(len(waiters)):
+        if hold is not None:
+            hold[0].advance(hold[1])
+        pool.release(conn)
+        settle()
+        conn = waiters[served[-1]].value
+    return conn
+
+
 def test_bad_policy_names_the_argument() -> None:
     with pytest.raises(ValueError, match="queue_policy must be one of 'adaptive', 'fifo', 'lifo', got 'random'"):
         Pool(Conn, queue_policy="random")
@@ -80,10 +92,7 @@ def test_fixed_policies_serve_in_their_order(policy: str, order: List[int]) -> N
     conn = pool.acquire()
     served: List[int] = []
     waiters = queue_up(pool, 4, served)
-    for _ in range(4):
-        pool.release(conn)
-        settle()
-        conn = waiters[served[-1]].value
+    conn = serve_in_turn(pool, conn, waiters, served)
     assert served == order
     pool.release(conn)
     assert pool.get_stats()["queue_policy"] == policy
@@ -94,11 +103,7 @@ def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> No
     conn = pool.acquire()
     served: List[int] = []
     waiters = queue_up(pool, 200, served)
-    for _ in range(200):
-        clock.advance(0.001)
-        pool.release(conn)
-        settle()
-        conn = waiters[served[-1]].value
+    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.001))
     assert served == list(range(200))
     stats = pool.get_stats()
     assert stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 0
@@ -112,11 +117,7 @@ def make_overloaded(clock: Clock) -> Any:
     served: List[int] = []
     # Ten checkouts that hold the connection 10 ms each.
     waiters = queue_up(pool, 10, served)
-    for _ in range(10):
-        clock.advance(0.01)
-        pool.release(conn)
-        settle()
-        conn = waiters[served[-1]].value
+    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.01))
     # Ten waiters give up after 10 ms in the queue (their callers' deadlines fired).
     doomed = queue_up(pool, 10, served, start=100)
     clock.advance(0.01)
@@ -219,11 +220,7 @@ def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> N
     conn = pool.acquire()
     served: List[int] = []
     waiters = queue_up(pool, 3, served)
-    for _ in range(3):  # three checkouts that hold the connection 10 ms each
-        clock.advance(0.01)
-        pool.release(conn)
-        settle()
-        conn = waiters[served[-1]].value
+    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.01))  # three checkouts of 10 ms each
     ahead = queue_up(pool, 5, served, start=400)  # 5 ahead, one connection freed every 10 ms: 50 ms to wait
     size = pool.size
     with deadline(0.02):
