@@ -572,6 +572,8 @@ class RedisMuxPool(GeventPool):
         self._counters = _Counters(self._max_in_flight)
         self._sockets = [_MuxSocket(self._counters) for _ in range(self._mux_sockets_count)]
         self._rr = 0
+        # The last failed connect of a shared socket: (its attempt's Event, whether it timed out, its message).
+        self._mux_connect_failure: Tuple[Any, bool, str] = (None, False, "")
         self._thread: Optional[int] = None
         self._hub: Any = None
         self._timer: Any = None
@@ -659,7 +661,7 @@ class RedisMuxPool(GeventPool):
             if done is not None:
                 done.wait()
                 if sock.state != _UP:
-                    attempt, timed_out, message = getattr(self, "_mux_connect_failure", (None, False, ""))
+                    attempt, timed_out, message = self._mux_connect_failure
                     if attempt is done and timed_out:
                         raise RedisConnectTimeout(message)
                     reason = f": {message}" if attempt is done and message else ""
