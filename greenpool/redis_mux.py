@@ -470,6 +470,13 @@ class _MuxConnection:
         return None if self._dedicated is None else self._dedicated.himport_registry
 
     @property
+    def _resp2_fallback(self) -> bool:
+        # Read by redis-py 8.2's client on every reply (whether the server refused HELLO and the connection fell
+        # back to RESP2): the shared sockets keep the protocol they were opened with.
+        source = self._dedicated if self._dedicated is not None else self._mux._template
+        return bool(getattr(source, "_resp2_fallback", False))
+
+    @property
     def is_connected(self) -> bool:
         return self._dedicated is None or bool(self._dedicated.is_connected)
 
