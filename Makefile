@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian/Ubuntu packages the tests and the harness start (binary:package).
 SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
 
-.PHONY: test test-loaded stress faults lint servers venv clean
+.PHONY: test test-loaded test-redis-versions stress faults lint servers venv clean
 
 test: venv servers
 	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
@@ -21,6 +21,10 @@ faults: venv servers
 # depend on the machine's speed. The burners stop with the run, however it ends.
 test-loaded: venv servers
 	MAKE="$(MAKE)" PYTEST_ARGS="$(PYTEST_ARGS)" sh tests/loaded.sh
+
+# The Redis adapters' tests under every older redis-py minor greenpool supports (`make test` runs the newest).
+test-redis-versions: servers
+	PYTHON="$(PYTHON)" PYTEST_ARGS="$(PYTEST_ARGS)" sh tests/redis_versions.sh
 
 lint: venv
 	$(BIN)/ruff check greenpool tests stress
@@ -50,4 +54,4 @@ servers:
 	fi
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-redis *.egg-info .pytest_cache .mypy_cache .ruff_cache

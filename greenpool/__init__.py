@@ -7,7 +7,7 @@ gevent alone; ``GeventPool`` and ``RedisMuxPool`` (redis-py), ``TarantoolPool`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, List
 
 from greenpool._deadline import deadline, remaining
 from greenpool.errors import (
@@ -54,6 +54,9 @@ _LAZY = {
     "TarantoolMux": "greenpool.tarantool_mux",
 }
 
+#: The extra that installs the client library each lazily imported module needs.
+_EXTRAS = {"redis": "redis", "hiredis": "redis", "tarantool": "tarantool", "msgpack": "tarantool"}
+
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
@@ -61,6 +64,20 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'greenpool' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        extra = _EXTRAS.get(missing)
+        if extra is None:
+            raise
+        raise ImportError(
+            f"greenpool.{name} needs {missing}, which is not installed: pip install 'greenpool[{extra}]'",
+            name=exc.name,
+        ) from exc
     globals()[name] = value
     return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(__all__) | {"__version__"})

@@ -7,7 +7,8 @@ argument and shows the value it was given. Depends on nothing.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+import warnings
+from typing import Any, Dict, Optional, Tuple
 
 __all__ = [
     "check_address",
@@ -18,6 +19,8 @@ __all__ = [
     "check_name",
     "check_seconds",
     "check_sizes",
+    "deprecated_name",
+    "merge_synonym",
 ]
 
 
@@ -68,7 +71,7 @@ def check_callable(name: str, value: Any, *, allow_none: bool = True) -> Any:
 
 
 def check_sizes(
-    min_size: Any, max_size: Any, *, min_name: str = "min_size", max_name: str = "max_size"
+    min_size: Any, max_size: Any, *, min_name: str = "min_connections", max_name: str = "max_connections"
 ) -> Tuple[int, int]:
     """Return ``(min_size, max_size)``: ints, ``max_size >= 1`` and ``min_size <= max_size``."""
     max_size = check_int(max_name, max_size, minimum=1)
@@ -108,3 +111,32 @@ def check_address(host: Any, port: Any) -> None:
         raise TypeError(f"port must be an int, got {port!r} ({type(port).__name__})")
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, got {port!r}")
+
+
+def deprecated_name(
+    old: str, new: str, old_value: Any, new_value: Any, new_default: Any, *, stacklevel: int = 3
+) -> Any:
+    """Return the value of a renamed argument: ``new_value``, or ``old_value`` (with a ``DeprecationWarning``)
+    when the caller still spells it ``old``. ``old_value is None`` means "not given". Giving both, with
+    ``new_value`` other than its default and different from ``old_value``, raises ``TypeError``."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=stacklevel)
+    if new_value != new_default and new_value != old_value:
+        raise TypeError(f"give {new!r} or {old!r}, not both: got {new}={new_value!r}, {old}={old_value!r}")
+    return old_value
+
+
+def merge_synonym(kwargs: Dict[str, Any], name: str, synonym: str) -> None:
+    """Move ``kwargs[synonym]`` to ``kwargs[name]`` (two accepted spellings of one setting, in place).
+
+    Both given with different values raises ``TypeError`` naming both; both with the same value is fine.
+    """
+    if synonym not in kwargs:
+        return
+    value = kwargs.pop(synonym)
+    if name in kwargs and kwargs[name] != value:
+        raise TypeError(
+            f"{name!r} and {synonym!r} are two names for one setting; got {name}={kwargs[name]!r}, {synonym}={value!r}"
+        )
+    kwargs[name] = value

@@ -156,7 +156,7 @@ class WaitQueue:
 
     # ------------------------------------------------------------------ waiting
 
-    def wait(self, timeout: Optional[float], max_size: int) -> Any:
+    def wait(self, timeout: Optional[float], max_connections: int) -> Any:
         """Queue the current greenlet and block until it is handed a value or its time is up.
 
         Returns the value handed over (an entry or the slot marker; an exception value is raised),
@@ -170,7 +170,7 @@ class WaitQueue:
         budget = BUDGETS.get(greenlet, 0.0) if BUDGETS else 0.0
         if self._adaptive:
             self._adapt(now)
-        if budget and 2.0 * (budget - now) < self.expected_wait(max_size):
+        if budget and 2.0 * (budget - now) < self.expected_wait(max_connections):
             self.shed += 1
             return SHED
         waiter = Waiter(greenlet, budget)
@@ -211,14 +211,14 @@ class WaitQueue:
             raise value
         return value
 
-    def expected_wait(self, max_size: int) -> float:
+    def expected_wait(self, max_connections: int) -> float:
         """Seconds a greenlet queuing now should expect to wait for its turn.
 
-        While every connection is busy one frees up every ``hold / max_size`` seconds on average; in LIFO mode
+        While every connection is busy one frees up every ``hold / max_connections`` seconds on average; in LIFO mode
         only the greenlets in the middle of a request are ahead of a newcomer. 0.0 until a use was measured.
         """
         ahead = len(self._first) if self.lifo else self.nwaiting
-        return ahead * self.hold / max_size
+        return ahead * self.hold / max_connections
 
     def released(self, now: float) -> None:
         """The current greenlet released a connection at ``now``: in LIFO mode, it is in the middle of a request.

@@ -16,12 +16,21 @@ import logging
 import os
 import random
 import traceback
+import warnings
 import weakref
 from types import TracebackType
 from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
 
 from greenpool import _green
-from greenpool._validate import check_callable, check_choice, check_int, check_name, check_seconds, check_sizes
+from greenpool._validate import (
+    check_callable,
+    check_choice,
+    check_int,
+    check_name,
+    check_seconds,
+    check_sizes,
+    deprecated_name,
+)
 from greenpool._waitqueue import EXPIRED, POLICIES, SHED, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.stats import Counters
@@ -126,13 +135,13 @@ class Pool(Generic[C]):
     call its ``close()`` method if it has one); ``check(conn)`` tells whether an idle connection still works
     (raise or return ``False`` for "broken"). Every other setting is keyword-only:
 
-    - ``max_size``: the hard limit of open connections (in use + idle + being created).
-    - ``min_size``: connections kept open even when idle (see :meth:`prewarm`).
+    - ``max_connections``: the hard limit of open connections (in use + idle + being created).
+    - ``min_connections``: connections kept open even when idle (see :meth:`prewarm`).
     - ``timeout``: default seconds :meth:`acquire` waits; ``None`` waits forever, ``0`` never waits.
     - ``check_after_idle``: run ``check`` on checkout only when the connection has been idle this long
       (recent use proves liveness); ``0`` checks on every checkout.
     - ``max_lifetime``: close connections this old (less up to 10 % jitter) instead of reusing them.
-    - ``max_idle``: close idle connections above ``min_size`` after this long unused.
+    - ``max_idle``: close idle connections above ``min_connections`` after this long unused.
     - ``leak_threshold``: log a warning, with the stack that checked it out, for a connection held longer.
     - ``max_waiting``: refuse a checkout at once with :class:`TooManyWaiting` when this many greenlets
       already wait (``0``: no limit).
@@ -154,6 +163,8 @@ class Pool(Generic[C]):
       the queue is full of waiters that give up before their turn), ``"fifo"`` (always first come, first
       served) or ``"lifo"`` (always newest first).
     - ``name``: shown in ``repr``, log records and errors.
+    - ``max_size``, ``min_size``: the former names of ``max_connections`` and ``min_connections``; they still
+      work, with a ``DeprecationWarning``.
 
     A pool belongs to the first thread (gevent hub) that checks a connection out; using it from another
     thread raises :class:`WrongThread`. After ``os.fork()`` the child's pool starts empty and never uses the
@@ -173,8 +184,8 @@ class Pool(Generic[C]):
         close: Optional[Callable[[C], Any]] = None,
         check: Optional[Callable[[C], Any]] = None,
         *,
-        max_size: int = 10,
-        min_size: int = 0,
+        max_connections: int = 10,
+        min_connections: int = 0,
         timeout: Optional[float] = 30.0,
         check_after_idle: Optional[float] = 1.0,
         max_lifetime: Optional[float] = None,
@@ -186,11 +197,15 @@ class Pool(Generic[C]):
         socket: Optional[Callable[[C], Any]] = None,
         queue_policy: str = "adaptive",
         name: Optional[str] = None,
+        max_size: Optional[int] = None,
+        min_size: Optional[int] = None,
     ) -> None:
+        max_connections = deprecated_name("max_size", "max_connections", max_size, max_connections, 10)
+        min_connections = deprecated_name("min_size", "min_connections", min_size, min_connections, 0)
         self._create = check_callable("create", create, allow_none=False)
         self._close = check_callable("close", close)
         self._check = check_callable("check", check)
-        self.min_size, self.max_size = check_sizes(min_size, max_size)
+        self.min_connections, self.max_connections = check_sizes(min_connections, max_connections)
         self.timeout = check_seconds("timeout", timeout)
         self.check_after_idle = check_seconds("check_after_idle", check_after_idle)
         self.max_lifetime = check_seconds("max_lifetime", max_lifetime, allow_zero=False)
@@ -265,7 +280,7 @@ class Pool(Generic[C]):
         """Check a connection out.
 
         Returns an idle connection, or a new one (created in the caller's greenlet) while fewer than
-        ``max_size`` are open. Otherwise blocks, in the order ``queue_policy`` sets (first come first served
+        ``max_connections`` are open. Otherwise blocks, in the order ``queue_policy`` sets (first come first served
         while the pool keeps up), for up to ``timeout`` seconds (default: the pool's ``timeout``; ``None``
         forever; ``0`` not at all), then for as long as ``create()`` or ``check`` take on the connection it
         was given (the adapters bound those: see their docstrings).
@@ -291,7 +306,7 @@ class Pool(Generic[C]):
         if nwaiting == 0 and self._idle_list:
             value = self._idle_list.pop()
             stats.waits_ms.append(0.0)
-        elif nwaiting == 0 and self._size < self.max_size:
+        elif nwaiting == 0 and self._size < self.max_connections:
             self._size += 1
             value = _SLOT
             stats.waits_ms.append(0.0)
@@ -330,7 +345,7 @@ class Pool(Generic[C]):
             self._timed_out(0.0)
         stats.requests_queued += 1
         start = _green.monotonic()
-        value = queue.wait(timeout, self.max_size)
+        value = queue.wait(timeout, self.max_connections)
         waited_ms = (_green.monotonic() - start) * 1000.0
         stats.requests_wait_ms += waited_ms
         stats.waits_ms.append(waited_ms)
@@ -338,7 +353,7 @@ class Pool(Generic[C]):
             stats.requests_errors += 1
             raise self.timeout_error(
                 f"No connection available. The caller's deadline would run out before its turn "
-                f"(expected wait {queue.expected_wait(self.max_size) * 1000.0:.1f} ms); {self._state_text()}"
+                f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms); {self._state_text()}"
             )
         if value is EXPIRED:
             self._timed_out(waited_ms / 1000.0)
@@ -367,7 +382,7 @@ class Pool(Generic[C]):
         queue = self._queue
         handing = f"{queue.nhanding} being handed over, " if queue.nhanding else ""
         return (
-            f"{self.name}: {len(self._in_use)}/{self.max_size} in use, {handing}"
+            f"{self.name}: {len(self._in_use)}/{self.max_connections} in use, {handing}"
             f"{len(self._idle_list)} idle, {queue.nwaiting} waiting"
         )
 
@@ -432,7 +447,7 @@ class Pool(Generic[C]):
 
         The connection goes straight to the oldest waiter, or onto the idle stack. With ``discard=True``
         (use it whenever the connection may be in an unknown state, e.g. a command was interrupted), or when
-        it outlived ``max_lifetime``, or the pool is closed or above ``max_size``, it is closed instead and
+        it outlived ``max_lifetime``, or the pool is closed or above ``max_connections``, it is closed instead and
         its slot freed (handed to the oldest waiter, who then creates a connection).
 
         Raises :class:`UnknownConnection` if ``conn`` is not checked out from this pool (a foreign
@@ -468,7 +483,7 @@ class Pool(Generic[C]):
         self._put_back(entry, now)
 
     def _put_back(self, entry: _Entry, now: float) -> None:
-        if self._closed or now >= entry.expires or self._size > self.max_size:
+        if self._closed or now >= entry.expires or self._size > self.max_connections:
             self._close_entry(entry)
             self._free_slot()
             return
@@ -504,7 +519,7 @@ class Pool(Generic[C]):
     def _free_slot(self) -> None:
         """A connection was closed (or never made): let the oldest waiter create one in its place."""
         self._size -= 1
-        if self._queue.nwaiting and self._size < self.max_size and not self._closed:
+        if self._queue.nwaiting and self._size < self.max_connections and not self._closed:
             self._size += 1
             if not self._queue.hand_off(_SLOT):
                 self._size -= 1
@@ -527,7 +542,7 @@ class Pool(Generic[C]):
         entry.leak_timer = timer
 
     def _start_maintenance(self) -> None:
-        if self.max_idle is None and self.max_lifetime is None and not self.min_size:
+        if self.max_idle is None and self.max_lifetime is None and not self.min_connections:
             return
         interval = min(x for x in (self.max_idle, self.max_lifetime, 1.0) if x is not None)
         interval = max(0.05, interval / 2.0)
@@ -536,9 +551,9 @@ class Pool(Generic[C]):
         self._maint_timer = timer
 
     def maintain(self) -> None:
-        """Close expired and surplus idle connections, then top the pool up to ``min_size``.
+        """Close expired and surplus idle connections, then top the pool up to ``min_connections``.
 
-        Called periodically in the background when ``max_idle``, ``max_lifetime`` or ``min_size`` is set;
+        Called periodically in the background when ``max_idle``, ``max_lifetime`` or ``min_connections`` is set;
         blocks while it creates connections (errors are logged, not raised).
         """
         if self._closed:
@@ -550,7 +565,7 @@ class Pool(Generic[C]):
         while i < len(idle):
             entry = idle[i]
             too_idle = self.max_idle is not None and now - entry.last_used >= self.max_idle
-            if now >= entry.expires or (too_idle and self._size > self.min_size):
+            if now >= entry.expires or (too_idle and self._size > self.min_connections):
                 del idle[i]
                 self._close_entry(entry)
                 self._free_slot()
@@ -559,41 +574,43 @@ class Pool(Generic[C]):
         self.prewarm(log_errors=True)
 
     def prewarm(self, log_errors: bool = False) -> None:
-        """Create connections (in this greenlet, one at a time) until ``min_size`` are open.
+        """Create connections (in this greenlet, one at a time) until ``min_connections`` are open.
 
         Blocks for as long as the creations take. Raises what ``create()`` raises, unless ``log_errors``.
         """
         if self._loop is None:
             self._bind()
-        while not self._closed and self._size < self.min_size and self._queue.nwaiting == 0:
+        while not self._closed and self._size < self.min_connections and self._queue.nwaiting == 0:
             self._size += 1
             try:
                 entry = self._new_entry()
             except Exception:
                 if not log_errors:
                     raise
-                logger.warning("%s: could not open a connection to keep min_size", self.name, exc_info=True)
+                logger.warning("%s: could not open a connection to keep min_connections", self.name, exc_info=True)
                 return
             self._put_back(entry, _green.monotonic())
 
     # ------------------------------------------------------------------ sizing and closing
 
-    def resize(self, min_size: Optional[int] = None, max_size: Optional[int] = None) -> None:
-        """Change the size limits; never blocks.
+    def resize(self, *, max_connections: Optional[int] = None, min_connections: Optional[int] = None) -> None:
+        """Change the size limits (keyword-only; ``None`` keeps a limit as it is); never blocks.
 
-        Growing ``max_size`` lets waiters create connections at once; shrinking it closes surplus idle
-        connections now and surplus busy ones when they are released.
+        Growing ``max_connections`` lets waiters create connections at once; shrinking it closes surplus idle
+        connections now and surplus busy ones when they are released. Raises ``ValueError``/``TypeError``
+        (naming the argument) for a bad size, or ``min_connections`` above ``max_connections``, and then
+        changes nothing.
         """
         new_min, new_max = check_sizes(
-            self.min_size if min_size is None else min_size,
-            self.max_size if max_size is None else max_size,
+            self.min_connections if min_connections is None else min_connections,
+            self.max_connections if max_connections is None else max_connections,
         )
-        self.min_size, self.max_size = new_min, new_max
+        self.min_connections, self.max_connections = new_min, new_max
         idle = self._idle_list
-        while self._size > self.max_size and idle:
+        while self._size > self.max_connections and idle:
             self._close_entry(idle.pop(0))
             self._size -= 1
-        while self._queue.nwaiting and self._size < self.max_size:
+        while self._queue.nwaiting and self._size < self.max_connections:
             self._size += 1
             if not self._queue.hand_off(_SLOT):
                 self._size -= 1
@@ -622,6 +639,18 @@ class Pool(Generic[C]):
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
+
+    @property
+    def max_size(self) -> int:
+        """Deprecated name of :attr:`max_connections`."""
+        _warn_renamed("max_size", "max_connections")
+        return self.max_connections
+
+    @property
+    def min_size(self) -> int:
+        """Deprecated name of :attr:`min_connections`."""
+        _warn_renamed("min_size", "min_connections")
+        return self.min_connections
 
     def __enter__(self) -> Pool[C]:
         return self
@@ -680,8 +709,8 @@ class Pool(Generic[C]):
         """
         out: Dict[str, Union[int, float, str]] = {
             "name": self.name,
-            "pool_min": self.min_size,
-            "pool_max": self.max_size,
+            "pool_min": self.min_connections,
+            "pool_max": self.max_connections,
             "pool_size": self._size,
             "pool_available": len(self._idle_list),
             "in_use": len(self._in_use),
@@ -700,11 +729,15 @@ class Pool(Generic[C]):
         return out
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"size={self._size}/{self.max_size} idle={len(self._idle_list)}"
+        state = "closed" if self._closed else f"size={self._size}/{self.max_connections} idle={len(self._idle_list)}"
         return f"<{type(self).__name__} {self.name} {state} in_use={len(self._in_use)} waiting={self._queue.nwaiting}>"
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=3)
 
 
 def _check_keep_on(keep_on: Any) -> Any:

@@ -6,7 +6,7 @@ contract (``get_connection()``, ``release()``, ``disconnect()``, ``reset()``, ``
 core's fairness, interruption safety, idle checks and statistics. Also defines the checkout errors, which are
 both greenpool errors and ``redis.exceptions.ConnectionError``.
 
-Depends on redis-py (>= 8.0) and ``greenpool.pool``; imported only when ``greenpool.GeventPool`` is first used.
+Depends on redis-py (>= 5.3) and ``greenpool.pool``; imported only when ``greenpool.GeventPool`` is first used.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import os
 import sys
 import weakref
 from queue import LifoQueue
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Set, Union
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Set, Union
 
 from redis.connection import (
+    AbstractConnection,
     CacheProxyConnection,
     Connection,
     ConnectionPool,
@@ -30,7 +31,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from greenpool import _green
-from greenpool._validate import check_callable, check_choice, check_int, check_name, check_seconds, check_sizes
+from greenpool._validate import (
+    check_callable,
+    check_choice,
+    check_int,
+    check_name,
+    check_seconds,
+    merge_synonym,
+)
 from greenpool._waitqueue import POLICIES
 from greenpool.errors import ConnectTimeout, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
@@ -63,6 +71,7 @@ class _CorePool(Pool[Any]):
 
 # Keyword-only settings that GeventPool adds to BlockingConnectionPool's, and how to read them from a URL.
 _URL_EXTRAS: Dict[str, Callable[[str], Any]] = {
+    "connect_timeout": float,  # greenpool's name for socket_connect_timeout
     "min_connections": int,
     "check_after_idle": float,
     "max_lifetime": float,
@@ -79,14 +88,20 @@ class GeventPool(ConnectionPool):
 
     Arguments are those of ``BlockingConnectionPool`` with the same defaults:
 
-    - ``max_connections`` (default 50; ``None`` means the default): the hard limit of open connections.
+    - ``max_connections`` (default 50): the hard limit of open connections. As with redis-py, ``None`` or
+      ``0`` means redis-py's own ``ConnectionPool`` default, and a negative or non-int value raises
+      ``ValueError('"max_connections" must be a positive integer')``. Setting :attr:`max_connections` later
+      resizes the pool (see :meth:`resize`).
     - ``timeout`` (default 20 s; ``None`` waits forever, ``0`` never waits): how long :meth:`get_connection`
       blocks when every connection is in use.
     - ``connection_class`` (default ``redis.Connection``; ``SSLConnection`` or ``UnixDomainSocketConnection``
       work too) and ``**connection_kwargs`` (``host``, ``port``, ``db``, ``username``, ``password``,
       ``protocol``, ``health_check_interval``, ``client_name``, ``parser_class``, ``retry``, ``ssl_*`` ...),
       passed to each connection as redis-py does. ``ssl=True`` selects ``SSLConnection``, as it does for
-      ``redis.Redis``.
+      ``redis.Redis``. ``connect_timeout`` is accepted as greenpool's name for redis-py's
+      ``socket_connect_timeout`` (the same setting; giving both with different values raises ``TypeError``).
+      A ``connection_class`` without redis-py's ``is_connected`` works as with redis-py's pools: its
+      ``connect()`` is called on every checkout (it must return at once when connected).
     - ``queue_class``: accepted for compatibility and ignored. Idle connections always live on the core's
       ``gevent.queue.LifoQueue``, whatever the import order of redis and gevent.
 
@@ -150,22 +165,18 @@ class GeventPool(ConnectionPool):
         name: Optional[str] = None,
         **connection_kwargs: Any,
     ) -> None:
-        if max_connections is None:
-            max_connections = 50
-        min_connections, max_connections = check_sizes(
-            min_connections, max_connections, min_name="min_connections", max_name="max_connections"
-        )
         self._timeout = check_seconds("timeout", timeout)
         check_callable("connection_class", connection_class, allow_none=False)
         self.queue_class = check_callable("queue_class", queue_class)
         check_name(name)
+        merge_synonym(connection_kwargs, "socket_connect_timeout", "connect_timeout")
         if connection_kwargs.pop("ssl", False):
             if connection_class is Connection:
                 connection_class = SSLConnection
             elif not (isinstance(connection_class, type) and issubclass(connection_class, SSLConnection)):
                 raise ValueError(f"ssl=True needs an SSLConnection connection_class, got {connection_class!r}")
         self._core_settings: Dict[str, Any] = {
-            "min_size": min_connections,
+            "min_connections": check_int("min_connections", min_connections),
             "check_after_idle": check_seconds("check_after_idle", check_after_idle),
             "max_lifetime": check_seconds("max_lifetime", max_lifetime, allow_zero=False),
             "max_idle": check_seconds("max_idle", max_idle, allow_zero=False),
@@ -177,8 +188,11 @@ class GeventPool(ConnectionPool):
         self._own_dispatcher = connection_kwargs.get("event_dispatcher") is None
         # The release event matters only with a caller's dispatcher, or once re_auth_callback() handed tokens out.
         self._release_hook = not self._own_dispatcher
-        # The base class validates what it knows, sets connection_class, connection_kwargs, max_connections,
-        # cache, _lock and the maintenance-notification plumbing, then calls reset().
+        self._is_connected = _connected_check(connection_class)
+        self._should_reconnect = hasattr(connection_class, "should_reconnect")
+        # The base class validates what it knows (max_connections too, with its own message and default), sets
+        # connection_class, connection_kwargs, max_connections, cache, _lock and the maintenance-notification
+        # plumbing, then calls reset().
         super().__init__(connection_class=connection_class, max_connections=max_connections, **connection_kwargs)
 
     @classmethod
@@ -187,9 +201,10 @@ class GeventPool(ConnectionPool):
 
         ``redis://[[username]:[password]]@host:port/db``, ``rediss://...`` (TLS) and ``unix:///path.sock``
         are understood; query-string values win over ``kwargs``. Besides redis-py's options
-        (``max_connections`` and ``timeout`` included), the query string may set ``min_connections``,
-        ``check_after_idle``, ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy`` and
-        ``name``. Raises ``ValueError`` for a value that does not parse. Never blocks.
+        (``max_connections`` and ``timeout`` included), the query string may set ``connect_timeout``,
+        ``min_connections``, ``check_after_idle``, ``max_lifetime``, ``max_idle``, ``leak_threshold``,
+        ``max_waiting``, ``queue_policy`` and ``name``. Raises ``ValueError`` for a value that does not parse.
+        Never blocks.
         """
         url_options: Dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         for key, cast in cls._url_extras.items():
@@ -221,7 +236,7 @@ class GeventPool(ConnectionPool):
             lambda conn: _deref(ref)._usable(conn),
             detach=_disconnect,  # in a fork's child, redis-py closes only the child's copy of the socket
             socket=_socket_of,  # idle connections are watched: a server that closes one is noticed at once
-            max_size=self.max_connections,
+            max_connections=int(self._max_connections),
             timeout=self._timeout,
             **settings,
         )
@@ -241,13 +256,46 @@ class GeventPool(ConnectionPool):
         self.pid = os.getpid()
 
     @property
+    def max_connections(self) -> int:
+        """The hard limit of open connections; setting it resizes the pool as :meth:`resize` does."""
+        return self._max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        if "_pool" not in self.__dict__:  # redis-py's constructor, before reset() builds the core pool
+            self._max_connections = value
+        else:
+            self.resize(max_connections=value)
+
+    @property
+    def min_connections(self) -> int:
+        """Connections kept open even when idle (see :meth:`resize`)."""
+        return int(self._core_settings["min_connections"])
+
+    def resize(self, *, max_connections: Optional[int] = None, min_connections: Optional[int] = None) -> None:
+        """Change the size limits (keyword-only; ``None`` keeps a limit as it is); never blocks.
+
+        Growing ``max_connections`` lets waiting greenlets connect at once; shrinking it disconnects surplus
+        idle connections now and surplus checked-out ones when they are released. Raises ``ValueError`` or
+        ``TypeError`` naming the argument (and changes nothing) for a bad size or ``min_connections`` above
+        ``max_connections``. The limits survive :meth:`reset`.
+        """
+        pool = self._pool
+        pool.resize(max_connections=max_connections, min_connections=min_connections)
+        self._max_connections = pool.max_connections
+        self._core_settings["min_connections"] = pool.min_connections
+
+    @property
     def timeout(self) -> Optional[float]:
         """Seconds :meth:`get_connection` waits for a connection (``None``: forever)."""
         return self._timeout
 
     @timeout.setter
     def timeout(self, value: Optional[float]) -> None:
-        self._timeout = self._pool.timeout = check_seconds("timeout", value)
+        seconds = check_seconds("timeout", value)
+        if "_pool" in self.__dict__:
+            self._pool.timeout = seconds
+        self._timeout = seconds
 
     # ------------------------------------------------------------------ checkout and release
 
@@ -255,7 +303,7 @@ class GeventPool(ConnectionPool):
         """Create a new, not yet connected, connection object (no I/O, not counted by the pool)."""
         connection = self.connection_class(**self.connection_kwargs)
         if self.cache is not None:
-            connection = CacheProxyConnection(connection, self.cache, self._lock)  # type: ignore[abstract]
+            connection = CacheProxyConnection(connection, self.cache, self._lock)
         return connection
 
     def _new_connection(self, connection: Any = None) -> Any:
@@ -326,7 +374,7 @@ class GeventPool(ConnectionPool):
         try:
             if self._suspects:
                 self._verify_suspect(connection)
-            if not connection.is_connected:
+            if not self._is_connected(connection):
                 self._new_connection(connection)
         except BaseException:
             pool.release(connection, discard=True)
@@ -352,9 +400,9 @@ class GeventPool(ConnectionPool):
         discard = (exc is not None and not isinstance(exc, Exception)) or connection.pid != self.pid
         if not discard:
             try:
-                if connection.should_reconnect():
+                if self._should_reconnect and connection.should_reconnect():
                     connection.disconnect()
-                elif exc is not None and not connection.is_connected:
+                elif exc is not None and not self._is_connected(connection):
                     self._suspect_idle(exc)
                 if self._release_hook:
                     self._release_event(connection)
@@ -373,12 +421,16 @@ class GeventPool(ConnectionPool):
 
     def _usable(self, connection: Any) -> bool:
         """Idle check: False for a connection the server closed, or one holding unexpected data."""
-        if not connection.is_connected:
+        if not self._is_connected(connection):
             return True
         if not connection.can_read(timeout=0):  # raises ConnectionError when the server closed it
             return True
         # Data is waiting. Only a RESP3 push message may legitimately wait on an idle connection.
-        return self.cache is not None or bool(self.maint_notifications_enabled())  # type: ignore[no-untyped-call]
+        return self.cache is not None or self._push_notifications()
+
+    def _push_notifications(self) -> bool:
+        enabled = getattr(self, "maint_notifications_enabled", None)  # redis-py >= 7
+        return enabled is not None and bool(enabled())
 
     def _verify_suspect(self, connection: Any) -> None:
         key = id(connection)
@@ -414,12 +466,38 @@ class GeventPool(ConnectionPool):
                 connection.disconnect()
 
     def close(self) -> None:
-        """Disconnect the idle connections; never blocks.
+        """Disconnect every connection, idle and checked out, as redis-py's ``ConnectionPool.close()`` does;
+        never blocks.
 
-        As with redis-py's pools (``Redis.close()`` calls this for a pool it owns), the pool stays usable:
-        the next checkout reconnects. Checked-out connections are left alone.
+        ``Redis.close()`` calls this for a pool the client owns. The pool stays usable: the next checkout
+        reconnects; a command running on a checked-out connection fails with a ``ConnectionError``.
         """
-        self.disconnect(inuse_connections=False)
+        self.disconnect()
+
+    def set_in_maintenance(self, in_maintenance: bool) -> None:
+        """Record whether a maintenance (``MOVING``) notification is being handled, as
+        ``BlockingConnectionPool`` does. This pool needs no lock for it (one pool, one hub); never blocks."""
+        self._in_maintenance = bool(in_maintenance)
+
+    def __enter__(self) -> GeventPool:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """``with pool:`` closes it on the way out, as redis-py 8's pools do (the pool stays usable)."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """redis-py's pool ``repr``, with every credential redacted whatever redis-py's version does."""
+        shown = ",".join(
+            f"{key}={'<REDACTED>' if key in _SECRET_KEYS else value}"
+            for key, value in self.connection_kwargs.items()
+            if key not in _OMITTED_KEYS
+        )
+        connection_class = self.connection_class
+        return (
+            f"<{type(self).__module__}.{type(self).__name__}"
+            f"(<{connection_class.__module__}.{connection_class.__name__}({shown})>)>"
+        )
 
     def set_retry(self, retry: Any) -> None:
         """Use ``retry`` for new connections and for every connection open now."""
@@ -467,6 +545,12 @@ class GeventPool(ConnectionPool):
         self._pool.prewarm()
 
 
+#: Connection arguments never shown in ``repr`` (redis-py 8 redacts these too; earlier versions showed them).
+_SECRET_KEYS = frozenset({"password", "username", "ssl_password", "credential_provider"}) | getattr(
+    ConnectionPool, "SENSITIVE_REPR_KEYS", frozenset()
+)
+_OMITTED_KEYS: FrozenSet[str] = getattr(ConnectionPool, "OMIT_REPR_KEYS", frozenset())
+
 #: Every GeventPool of this process; their ``pid`` is refreshed in a fork's child.
 _LIVE_POOLS: weakref.WeakSet[GeventPool] = weakref.WeakSet()
 
@@ -484,6 +568,31 @@ def _deref(ref: weakref.ReferenceType[GeventPool]) -> GeventPool:
     if pool is None:  # pragma: no cover - the core pool only runs these while its GeventPool is alive
         raise ReferenceError("the GeventPool was garbage-collected")
     return pool
+
+
+def _connected_check(connection_class: Any) -> Callable[[Any], bool]:
+    """How to tell whether a connection of ``connection_class`` is connected, on every checkout.
+
+    redis-py 8's ``is_connected``; before it (redis-py 5.3 to 7), whether a socket is set. A class with
+    neither reads as never connected, so its ``connect()`` (which returns at once when connected) runs on
+    every checkout, as redis-py's own pools do.
+    """
+    if hasattr(connection_class, "is_connected"):
+        return _is_connected_attr
+    if isinstance(connection_class, type) and issubclass(connection_class, AbstractConnection):
+        return _has_socket
+    return _never_connected
+
+
+_is_connected_attr: Callable[[Any], bool] = operator.attrgetter("is_connected")
+
+
+def _has_socket(connection: Any) -> bool:
+    return getattr(connection, "_sock", None) is not None
+
+
+def _never_connected(connection: Any) -> bool:
+    return False
 
 
 def _disconnect(connection: Any) -> None:

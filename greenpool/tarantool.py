@@ -27,7 +27,15 @@ from gevent import monkey
 
 from greenpool import _green
 from greenpool._tarantool_url import parse_url, url_bool, url_int, url_seconds, url_str
-from greenpool._validate import check_address, check_credentials, check_int, check_seconds, check_sizes
+from greenpool._validate import (
+    check_address,
+    check_credentials,
+    check_int,
+    check_name,
+    check_seconds,
+    check_sizes,
+    merge_synonym,
+)
 from greenpool.errors import ConnectTimeout, PoolClosed, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
@@ -241,6 +249,7 @@ _CONNECTION_PARAMETERS = _connection_parameters()
 
 
 def _check_connection_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    merge_synonym(kwargs, "connection_timeout", "connect_timeout")
     if "socket_fd" in kwargs:
         raise ValueError("socket_fd cannot be pooled: a pool opens many connections; pass host and port instead")
     unknown = sorted(name for name in kwargs if name not in _CONNECTION_PARAMETERS)
@@ -273,11 +282,12 @@ class TarantoolPool(Pool[Any]):
     - ``timeout``: seconds a checkout (and so each helper) waits for a connection before raising
       :class:`TarantoolPoolTimeout`; ``None`` waits forever, ``0`` never waits.
     - keyword-only: ``check_after_idle`` (ping a connection on checkout when it has been idle this long),
-      ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy``, ``name``: see
-      :class:`greenpool.Pool`.
+      ``max_lifetime``, ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy``, ``name``
+      (default ``"tarantool host:port"``, shown in errors, logs and stats): see :class:`greenpool.Pool`.
     - ``**connection_kwargs``: passed to ``tarantool.Connection`` (``socket_timeout``, ``connection_timeout``,
       ``transport="ssl"`` and the ``ssl_*`` files, ``fetch_schema``, ...) over :data:`CONNECTION_DEFAULTS`.
-      An unknown name raises ``TypeError`` here, not at the first checkout.
+      An unknown name raises ``TypeError`` here, not at the first checkout. ``connect_timeout`` is accepted
+      as greenpool's name for ``connection_timeout`` (giving both with different values raises ``TypeError``).
 
     Connections are created lazily, in the greenlet whose checkout needs one (it blocks while it connects,
     authenticates and loads the schema; a failure raises tarantool-python's ``NetworkError`` to that caller
@@ -331,8 +341,8 @@ class TarantoolPool(Pool[Any]):
             _connector(host, port, user, password, self._connection_kwargs),
             None,
             _pinger(self._connection_kwargs["connection_timeout"]),
-            max_size=max_connections,
-            min_size=min_connections,
+            max_connections=max_connections,
+            min_connections=min_connections,
             timeout=timeout,
             check_after_idle=check_after_idle,
             max_lifetime=max_lifetime,
@@ -343,7 +353,7 @@ class TarantoolPool(Pool[Any]):
             keep_on=_keeps_connection,
             detach=_detach,
             socket=_socket_of,
-            name=name,
+            name=check_name(name) or f"tarantool {_address(host, port)}",
         )
         _warn_if_unpatched()
 
@@ -356,12 +366,17 @@ class TarantoolPool(Pool[Any]):
         ``max_idle``, ``leak_threshold``, ``max_waiting``, ``queue_policy``, ``name``) and ``tarantool.Connection``'s
         ``socket_timeout``, ``connection_timeout``, ``reconnect_max_attempts``, ``reconnect_delay``,
         ``connect_now``, ``fetch_schema``, ``transport``, ``ssl_key_file``, ``ssl_cert_file``, ``ssl_ca_file``,
-        ``ssl_ciphers``, ``auth_type``. Seconds accept ``none``; booleans ``true/false/1/0/yes/no/on/off``.
+        ``ssl_ciphers``, ``auth_type`` (``connect_timeout`` is accepted for ``connection_timeout``).
+        :class:`greenpool.TarantoolMux`'s ``shared_connections`` and ``max_in_flight`` are accepted and do not
+        apply here, so one URL can configure both classes. Seconds accept ``none``; booleans
+        ``true/false/1/0/yes/no/on/off``.
         ``kwargs`` override what the URL says. Never blocks (no connection is made here).
 
         Raises ``ValueError`` naming the scheme, option or value that is wrong (never showing the password).
         """
         options = parse_url(url, _URL_OPTIONS)
+        for name in _MUX_URL_OPTIONS:
+            options.pop(name, None)
         options.update(kwargs)
         return cls(**options)
 
@@ -392,11 +407,10 @@ class TarantoolPool(Pool[Any]):
 
     def __repr__(self) -> str:
         address = _address(self.host, self.port)
+        address = "" if address in self.name else f" {address}"
         user = f" user={self.user!r}" if self.user else ""
-        state = "closed" if self.closed else f"size={self.size}/{self.max_size} idle={self.idle}"
-        return (
-            f"<{type(self).__name__} {self.name} {address}{user} {state} in_use={self.in_use} waiting={self.waiting}>"
-        )
+        state = "closed" if self.closed else f"size={self.size}/{self.max_connections} idle={self.idle}"
+        return f"<{type(self).__name__} {self.name}{address}{user} {state} in_use={self.in_use} waiting={self.waiting}>"
 
 
 # ---------------------------------------------------------------------- URL options
@@ -414,6 +428,7 @@ _URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
     "name": url_str,
     "socket_timeout": url_seconds,
     "connection_timeout": url_seconds,
+    "connect_timeout": url_seconds,
     "reconnect_max_attempts": url_int,
     "reconnect_delay": url_seconds,
     "connect_now": url_bool,
@@ -424,4 +439,8 @@ _URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
     "ssl_ca_file": url_str,
     "ssl_ciphers": url_str,
     "auth_type": url_str,
+    # TarantoolMux's, accepted so that one URL configures both; they do not apply to a pool.
+    "shared_connections": url_int,
+    "max_in_flight": url_int,
 }
+_MUX_URL_OPTIONS = ("shared_connections", "max_in_flight")

@@ -151,7 +151,7 @@ class Load:
         self.errors = 0
         self.error_types: Dict[str, int] = {}
         self.max_op = 0.0
-        self.max_size = 0
+        self.max_connections = 0
         self.ok_times: List[float] = []
         self.per_greenlet = [0] * n
         self._stop = gevent.event.Event()
@@ -164,7 +164,7 @@ class Load:
 
     def _watcher(self) -> None:
         while not self._stop.is_set():
-            self.max_size = max(self.max_size, stats(self.pool)["pool_size"])
+            self.max_connections = max(self.max_connections, stats(self.pool)["pool_size"])
             self._stop.wait(0.01)
 
     def _worker(self, i: int) -> None:
@@ -261,7 +261,7 @@ def test_server_killed_and_restarted_under_load(driver: Any, server: _Server, re
     assert before > 0 and load.errors > 0, "the crash must be visible to callers"
     assert recovery is not None and recovery < 1.0 + SLACK, recovery
     assert load.max_op < bound, (load.max_op, load.error_types)
-    assert load.max_size <= MAX
+    assert load.max_connections <= MAX
     assert stats(pool)["in_use"] == 0
     assert lost == 0
     assert killed_at < back_at

@@ -65,7 +65,7 @@ def options(draw: Callable[[Any], Any], names: tuple) -> Dict[str, Any]:
 @FUZZ
 @given(st.data())
 def test_pool_constructor(data: st.DataObject) -> None:
-    kwargs = options(data.draw, (*POOL_OPTIONS, "max_size", "min_size", "keep_on", "check", "close"))
+    kwargs = options(data.draw, (*POOL_OPTIONS, "max_connections", "min_connections", "keep_on", "check", "close"))
     build(lambda: Pool(object, **kwargs))
 
 

@@ -40,7 +40,7 @@ class Conn:
 
 
 def make_pool(**kw: object) -> Pool[Conn]:
-    kw.setdefault("max_size", 2)
+    kw.setdefault("max_connections", 2)
     kw.setdefault("timeout", 1.0)
     return Pool(Conn, **kw)  # type: ignore[arg-type]
 
@@ -94,7 +94,7 @@ def assert_does_not_yield(call: Any, *args: Any) -> BaseException:
 
 
 def test_lazy_creation_and_limit() -> None:
-    pool = make_pool(max_size=3, timeout=0)
+    pool = make_pool(max_connections=3, timeout=0)
     assert pool.size == 0
     conns = [pool.acquire() for _ in range(3)]
     assert len({c.id for c in conns}) == 3 and pool.size == 3 and pool.in_use == 3
@@ -108,7 +108,7 @@ def test_lazy_creation_and_limit() -> None:
 
 
 def test_timeout_is_honoured_within_50ms() -> None:
-    pool = make_pool(max_size=1, timeout=0.3)
+    pool = make_pool(max_connections=1, timeout=0.3)
     held = pool.acquire()
     for timeout in (None, 0.1):  # the pool's default, then a per-call one
         expected = 0.3 if timeout is None else timeout
@@ -126,7 +126,7 @@ def test_timeout_is_honoured_within_50ms() -> None:
 
 def test_mixed_timeouts_each_expire_on_time() -> None:
     # Waiters sharing a timeout are expired by one timer; others get their own. Each must fire on time.
-    pool = make_pool(max_size=1, timeout=0.3)
+    pool = make_pool(max_connections=1, timeout=0.3)
     held = pool.acquire()
     ended: dict[str, float] = {}
 
@@ -151,7 +151,7 @@ def test_mixed_timeouts_each_expire_on_time() -> None:
 
 
 def test_steady_hand_off_keeps_the_expiry_queue_short() -> None:
-    pool = make_pool(max_size=2, timeout=5)
+    pool = make_pool(max_connections=2, timeout=5)
     longest = [0]
     stop = gevent.event.Event()
 
@@ -170,7 +170,7 @@ def test_steady_hand_off_keeps_the_expiry_queue_short() -> None:
 
 
 def test_timeout_zero_never_waits() -> None:
-    pool = make_pool(max_size=1)
+    pool = make_pool(max_connections=1)
     held = pool.acquire()
     error = assert_does_not_yield(pool.acquire, 0)
     assert isinstance(error, PoolTimeout) and "Waited 0.00 s" in str(error)
@@ -178,7 +178,7 @@ def test_timeout_zero_never_waits() -> None:
 
 
 def test_timeout_none_waits_until_released() -> None:
-    pool = make_pool(max_size=1, timeout=None)
+    pool = make_pool(max_connections=1, timeout=None)
     held = pool.acquire()
     got = gevent.spawn(pool.acquire)
     wait_until(lambda: pool.waiting == 1)
@@ -187,7 +187,7 @@ def test_timeout_none_waits_until_released() -> None:
 
 
 def test_timeout_message_states_the_pool() -> None:
-    pool = make_pool(max_size=2, timeout=0.05, name="orders")
+    pool = make_pool(max_connections=2, timeout=0.05, name="orders")
     held = [pool.acquire(), pool.acquire()]
     others = [gevent.spawn(pool.acquire, 5) for _ in range(3)]
     wait_until(lambda: pool.waiting == 3)
@@ -204,7 +204,7 @@ def test_timeout_message_states_the_pool() -> None:
 
 
 def test_waiters_are_served_first_come_first_served() -> None:
-    pool = make_pool(max_size=1, timeout=10)
+    pool = make_pool(max_connections=1, timeout=10)
     held = pool.acquire()
     served: list[int] = []
 
@@ -222,7 +222,7 @@ def test_waiters_are_served_first_come_first_served() -> None:
 
 
 def test_no_barging_a_releaser_queues_behind_waiters() -> None:
-    pool = make_pool(max_size=1, timeout=10)
+    pool = make_pool(max_connections=1, timeout=10)
     order: list[str] = []
     conn = pool.acquire()
     waiter = gevent.spawn(lambda: (pool.acquire(), order.append("waiter")))
@@ -238,7 +238,7 @@ def test_no_barging_a_releaser_queues_behind_waiters() -> None:
 
 
 def test_hand_off_to_a_timed_out_waiter_goes_to_the_next() -> None:
-    pool = make_pool(max_size=1)
+    pool = make_pool(max_connections=1)
     held = pool.acquire()
     quick = gevent.spawn(pool.acquire, 0.05)
     patient = gevent.spawn(pool.acquire, 5)
@@ -254,7 +254,7 @@ def test_release_racing_the_waiters_timer_loses_nothing() -> None:
     # Block the hub past the waiter's deadline, then release: whichever of the timer and the hand-off wins,
     # the connection ends with the waiter or on the idle stack, never nowhere.
     for _ in range(20):
-        pool = make_pool(max_size=1)
+        pool = make_pool(max_connections=1)
         held = pool.acquire()
         waiter = gevent.spawn(pool.acquire, 0.01)
         wait_until(lambda p=pool: p.waiting == 1)
@@ -276,7 +276,7 @@ def test_release_racing_the_waiters_timer_loses_nothing() -> None:
 
 @pytest.mark.parametrize("how", ["timeout", "kill", "error"])
 def test_interrupted_holder_discards_its_connection(how: str) -> None:
-    pool = make_pool(max_size=1)
+    pool = make_pool(max_connections=1)
     inside = gevent.event.Event()
     seen: list[Conn] = []
 
@@ -305,12 +305,12 @@ def test_keep_on_keeps_the_connection() -> None:
     class ServerSaidNo(Exception):
         pass
 
-    pool = make_pool(max_size=1, keep_on=(ServerSaidNo,))
+    pool = make_pool(max_connections=1, keep_on=(ServerSaidNo,))
     with pytest.raises(ServerSaidNo):
         with pool.connection() as conn:
             raise ServerSaidNo
     assert not conn.closed and pool.idle == 1
-    predicate_pool = make_pool(max_size=1, keep_on=lambda exc: isinstance(exc, KeyError))
+    predicate_pool = make_pool(max_connections=1, keep_on=lambda exc: isinstance(exc, KeyError))
     with pytest.raises(KeyError):
         with predicate_pool.connection() as kept:
             raise KeyError
@@ -321,7 +321,7 @@ def test_keep_on_keeps_the_connection() -> None:
 
 
 def test_waiter_killed_while_queued_leaves_the_queue() -> None:
-    pool = make_pool(max_size=1)
+    pool = make_pool(max_connections=1)
     held = pool.acquire()
     doomed = gevent.spawn(pool.acquire, 5)
     survivor = gevent.spawn(pool.acquire, 5)
@@ -334,7 +334,7 @@ def test_waiter_killed_while_queued_leaves_the_queue() -> None:
 
 
 def test_waiter_killed_after_the_hand_off_passes_it_on() -> None:
-    pool = make_pool(max_size=1)
+    pool = make_pool(max_connections=1)
     held = pool.acquire()
     doomed = gevent.spawn(pool.acquire, 5)
     survivor = gevent.spawn(pool.acquire, 5)
@@ -350,7 +350,7 @@ def test_waiter_killed_after_the_hand_off_passes_it_on() -> None:
 
 
 def test_waiter_killed_after_a_slot_hand_off_frees_the_slot() -> None:
-    pool = make_pool(max_size=1)
+    pool = make_pool(max_connections=1)
     held = pool.acquire()
     doomed = gevent.spawn(pool.acquire, 5)
     wait_until(lambda: pool.waiting == 1)
@@ -369,7 +369,7 @@ def test_create_interrupted_frees_the_slot() -> None:
         gevent.sleep(10)
         return Conn()
 
-    pool: Pool[Conn] = Pool(slow_create, max_size=1, timeout=1)
+    pool: Pool[Conn] = Pool(slow_create, max_connections=1, timeout=1)
     g = gevent.spawn(pool.acquire)
     entered.wait(5)
     assert pool.size == 1
@@ -386,7 +386,7 @@ def test_create_failure_is_raised_and_the_slot_goes_to_the_next_waiter() -> None
             raise ConnectionRefusedError("server down")
         return Conn()
 
-    pool: Pool[Conn] = Pool(flaky, max_size=1, timeout=2)
+    pool: Pool[Conn] = Pool(flaky, max_connections=1, timeout=2)
     held = pool.acquire()
     first = gevent.spawn(pool.acquire)
     second = gevent.spawn(pool.acquire)
@@ -399,7 +399,7 @@ def test_create_failure_is_raised_and_the_slot_goes_to_the_next_waiter() -> None
 
 
 def test_random_interruptions_never_lose_or_leak() -> None:
-    pool = make_pool(max_size=3, timeout=0.5)
+    pool = make_pool(max_connections=3, timeout=0.5)
     rng = random.Random(7)
     peak = [0]
 
@@ -432,7 +432,7 @@ def test_failed_check_is_replaced_within_the_same_checkout() -> None:
         checked.append(conn)
         return conn.healthy
 
-    pool: Pool[Conn] = Pool(Conn, check=check, max_size=2, check_after_idle=0, timeout=1)
+    pool: Pool[Conn] = Pool(Conn, check=check, max_connections=2, check_after_idle=0, timeout=1)
     a = pool.acquire()
     pool.release(a)
     a.healthy = False
@@ -444,7 +444,7 @@ def test_failed_check_is_replaced_within_the_same_checkout() -> None:
 def test_check_runs_only_after_idle_window() -> None:
     calls: list[Conn] = []
     # A window far longer than the two statements below take, even on a machine that stalls this process.
-    pool: Pool[Conn] = Pool(Conn, check=calls.append, max_size=1, check_after_idle=0.25)
+    pool: Pool[Conn] = Pool(Conn, check=calls.append, max_connections=1, check_after_idle=0.25)
     conn = pool.acquire()
     pool.release(conn)
     pool.release(pool.acquire())
@@ -458,14 +458,14 @@ def test_check_raising_counts_as_broken() -> None:
     def check(conn: Conn) -> None:
         raise OSError("gone")
 
-    pool: Pool[Conn] = Pool(Conn, check=check, max_size=1, check_after_idle=0)
+    pool: Pool[Conn] = Pool(Conn, check=check, max_connections=1, check_after_idle=0)
     first = pool.acquire()
     pool.release(first)
     assert pool.acquire() is not first and first.closed
 
 
 def test_max_lifetime_recycles_connections() -> None:
-    pool = make_pool(max_size=1, max_lifetime=0.05)
+    pool = make_pool(max_connections=1, max_lifetime=0.05)
     first = pool.acquire()
     pool.release(first)
     gevent.sleep(0.06)
@@ -475,7 +475,7 @@ def test_max_lifetime_recycles_connections() -> None:
 
 
 def test_max_lifetime_has_jitter() -> None:
-    pool = make_pool(max_size=50, max_lifetime=100.0)
+    pool = make_pool(max_connections=50, max_lifetime=100.0)
     conns = [pool.acquire() for _ in range(50)]
     expiries = {round(entry.expires, 6) for entry in pool._in_use.values()}
     assert len(expiries) > 40
@@ -484,7 +484,7 @@ def test_max_lifetime_has_jitter() -> None:
 
 
 def test_max_idle_reaps_down_to_min_size() -> None:
-    pool = make_pool(max_size=4, min_size=1, max_idle=0.1)
+    pool = make_pool(max_connections=4, min_connections=1, max_idle=0.1)
     conns = [pool.acquire() for _ in range(4)]
     for c in conns:
         pool.release(c)
@@ -494,7 +494,7 @@ def test_max_idle_reaps_down_to_min_size() -> None:
 
 
 def test_min_size_is_prewarmed_and_kept() -> None:
-    pool = make_pool(max_size=4, min_size=2)
+    pool = make_pool(max_connections=4, min_connections=2)
     pool.prewarm()
     assert pool.size == 2 and pool.idle == 2
     pool.release(pool.acquire(), discard=True)
@@ -502,7 +502,7 @@ def test_min_size_is_prewarmed_and_kept() -> None:
 
 
 def test_leak_threshold_warns_with_the_acquiring_stack(caplog: pytest.LogCaptureFixture) -> None:
-    pool = make_pool(max_size=1, leak_threshold=0.05)
+    pool = make_pool(max_connections=1, leak_threshold=0.05)
     caplog.set_level(logging.WARNING, logger="greenpool")
 
     def forgetful_caller() -> Conn:
@@ -524,23 +524,23 @@ def test_leak_threshold_warns_with_the_acquiring_stack(caplog: pytest.LogCapture
 
 
 def test_resize_up_serves_waiters_and_down_closes_surplus() -> None:
-    pool = make_pool(max_size=1, timeout=5)
+    pool = make_pool(max_connections=1, timeout=5)
     held = pool.acquire()
     waiters = [gevent.spawn(pool.acquire) for _ in range(3)]
     wait_until(lambda: pool.waiting == 3)
-    pool.resize(max_size=4)
+    pool.resize(max_connections=4)
     got = [g.get(timeout=5) for g in waiters]
     assert pool.size == 4 and pool.waiting == 0
-    pool.resize(max_size=2)
+    pool.resize(max_connections=2)
     for c in [*got, held]:
         pool.release(c)
     assert pool.size == 2 and sum(c.closed for c in [*got, held]) == 2
-    with pytest.raises(ValueError, match="min_size must be <= max_size"):
-        pool.resize(min_size=3)
+    with pytest.raises(ValueError, match="min_connections must be <= max_connections"):
+        pool.resize(min_connections=3)
 
 
 def test_resize_under_load() -> None:
-    pool = make_pool(max_size=2, timeout=5)
+    pool = make_pool(max_connections=2, timeout=5)
     peak = [0]
     stop = gevent.event.Event()
 
@@ -552,7 +552,7 @@ def test_resize_under_load() -> None:
 
     greenlets = [gevent.spawn(worker) for _ in range(30)]
     for size in (5, 1, 8, 3):
-        pool.resize(max_size=size)
+        pool.resize(max_connections=size)
         peak[0] = 0
         gevent.sleep(0.05)
         wait_until(lambda s=size: pool.size <= s)
@@ -564,7 +564,7 @@ def test_resize_under_load() -> None:
 
 
 def test_close_wakes_waiters_with_pool_closed() -> None:
-    pool = make_pool(max_size=1, timeout=None)
+    pool = make_pool(max_connections=1, timeout=None)
     held = pool.acquire()
     idle_pool_conn = None
     waiters = [gevent.spawn(pool.acquire) for _ in range(5)]
@@ -581,7 +581,7 @@ def test_close_wakes_waiters_with_pool_closed() -> None:
 
 
 def test_close_closes_idle_connections_and_context_manager() -> None:
-    with make_pool(max_size=2) as pool:
+    with make_pool(max_connections=2) as pool:
         a, b = pool.acquire(), pool.acquire()
         pool.release(a)
         pool.release(b)
@@ -589,7 +589,7 @@ def test_close_closes_idle_connections_and_context_manager() -> None:
 
 
 def test_max_waiting_sheds_load_at_once() -> None:
-    pool = make_pool(max_size=1, max_waiting=2, timeout=5)
+    pool = make_pool(max_connections=1, max_waiting=2, timeout=5)
     held = pool.acquire()
     waiters = [gevent.spawn(pool.acquire) for _ in range(2)]
     wait_until(lambda: pool.waiting == 2)
@@ -605,8 +605,8 @@ def test_max_waiting_sheds_load_at_once() -> None:
 
 
 def test_release_of_foreign_connection_or_twice_is_refused() -> None:
-    pool = make_pool(max_size=2)
-    other = make_pool(max_size=1)
+    pool = make_pool(max_connections=2)
+    other = make_pool(max_connections=1)
     mine = pool.acquire()
     theirs = other.acquire()
     with pytest.raises(UnknownConnection, match="not checked out from this pool"):
@@ -643,11 +643,11 @@ def test_use_from_another_thread_is_refused() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "name"),
     [
-        ({"max_size": 0}, ValueError, "max_size"),
-        ({"max_size": "10"}, TypeError, "max_size"),
-        ({"max_size": True}, TypeError, "max_size"),
-        ({"min_size": -1}, ValueError, "min_size"),
-        ({"min_size": 5, "max_size": 2}, ValueError, "min_size"),
+        ({"max_connections": 0}, ValueError, "max_connections"),
+        ({"max_connections": "10"}, TypeError, "max_connections"),
+        ({"max_connections": True}, TypeError, "max_connections"),
+        ({"min_connections": -1}, ValueError, "min_connections"),
+        ({"min_connections": 5, "max_connections": 2}, ValueError, "min_connections"),
         ({"timeout": -1}, ValueError, "timeout"),
         ({"timeout": "1"}, TypeError, "timeout"),
         ({"timeout": float("nan")}, ValueError, "timeout"),
@@ -683,7 +683,7 @@ def test_bad_create_and_per_call_timeout() -> None:
 
 
 def test_stats_count_what_happened() -> None:
-    pool = make_pool(max_size=1, timeout=0.05)
+    pool = make_pool(max_connections=1, timeout=0.05)
     a = pool.acquire()
     with pytest.raises(PoolTimeout):
         pool.acquire()
@@ -703,7 +703,7 @@ def test_stats_count_what_happened() -> None:
 
 
 def test_fork_child_starts_empty_and_leaves_parent_connections_alone() -> None:
-    pool = make_pool(max_size=2)
+    pool = make_pool(max_connections=2)
     busy = pool.acquire()
     idle = pool.acquire()
     pool.release(idle)
@@ -728,7 +728,7 @@ def test_fork_child_starts_empty_and_leaves_parent_connections_alone() -> None:
 
 def test_fork_detaches_inherited_connections_in_the_child_only() -> None:
     detached: list[Conn] = []
-    pool: Pool[Conn] = Pool(Conn, detach=detached.append, max_size=2, timeout=1)
+    pool: Pool[Conn] = Pool(Conn, detach=detached.append, max_connections=2, timeout=1)
     busy = pool.acquire()
     idle = pool.acquire()
     pool.release(idle)
@@ -748,7 +748,7 @@ def test_fork_detaches_inherited_connections_in_the_child_only() -> None:
 
 
 def test_garbage_collected_pool_closes_idle_connections() -> None:
-    pool = make_pool(max_size=2)
+    pool = make_pool(max_connections=2)
     conn = pool.acquire()
     pool.release(conn)
     del pool
@@ -761,7 +761,7 @@ def test_repr_and_stats_carry_no_connection_secrets() -> None:
         def __repr__(self) -> str:
             return "<Secretive password=hunter2>"
 
-    pool: Pool[Conn] = Pool(Secretive, max_size=1, timeout=0, name="s")
+    pool: Pool[Conn] = Pool(Secretive, max_connections=1, timeout=0, name="s")
     held = pool.acquire()
     with pytest.raises(PoolError) as info:
         pool.acquire()
@@ -776,7 +776,7 @@ def test_core_imports_without_redis_or_tarantool() -> None:
     code = (
         "import sys; sys.modules['redis'] = None; sys.modules['tarantool'] = None\n"
         "import greenpool\n"
-        "p = greenpool.Pool(object, max_size=1)\n"
+        "p = greenpool.Pool(object, max_connections=1)\n"
         "p.release(p.acquire())\n"
         "assert 'redis' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
@@ -790,7 +790,7 @@ def test_core_imports_without_redis_or_tarantool() -> None:
 
 
 def test_connections_being_handed_over_are_counted_and_named() -> None:
-    pool = make_pool(max_size=2, timeout=5, name="orders")
+    pool = make_pool(max_connections=2, timeout=5, name="orders")
     held = [pool.acquire(), pool.acquire()]
     waiters = [gevent.spawn(pool.acquire) for _ in range(3)]
     wait_until(lambda: pool.waiting == 3)
@@ -851,7 +851,7 @@ def watched_pool(**kw: object) -> Pool[SocketConn]:
 
     kw.setdefault("check_after_idle", None)  # never by idle time: only the watcher can trigger a check
     pool: Pool[SocketConn] = Pool(
-        SocketConn, check=check, socket=lambda c: None if c.closed else c.sock, max_size=2, timeout=1, **kw
+        SocketConn, check=check, socket=lambda c: None if c.closed else c.sock, max_connections=2, timeout=1, **kw
     )  # type: ignore[arg-type]
     pool.checks = checks  # type: ignore[attr-defined]
     return pool

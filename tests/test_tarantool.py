@@ -384,7 +384,7 @@ def test_from_url_parses_credentials_and_options(tarantool_server: Any) -> None:
         "&socket_timeout=4&connect_now=true&fetch_schema=yes&name=from-url"
     )
     pool = TarantoolPool.from_url(url)
-    assert (pool.max_size, pool.min_size, pool.timeout, pool.check_after_idle) == (3, 1, 1.5, None)
+    assert (pool.max_connections, pool.min_connections, pool.timeout, pool.check_after_idle) == (3, 1, 1.5, None)
     assert pool.max_waiting == 7 and pool.name == "from-url" and pool.user == s.user
     assert pool.host == s.host and pool.port == s.port
     assert pool.call("echo", "url").data == ["url"]
@@ -394,7 +394,7 @@ def test_from_url_parses_credentials_and_options(tarantool_server: Any) -> None:
     pool.close()
     # Keyword arguments override the URL; the port defaults to 3301.
     other = TarantoolPool.from_url(f"tarantool://{s.host}?max_connections=3", max_connections=5)
-    assert other.max_size == 5 and other.port == 3301 and other.user is None
+    assert other.max_connections == 5 and other.port == 3301 and other.user is None
 
 
 def test_from_url_percent_decodes_credentials(tarantool_server: Any) -> None:

@@ -88,7 +88,7 @@ def test_bad_policy_names_the_argument() -> None:
 
 @pytest.mark.parametrize(("policy", "order"), [("fifo", [0, 1, 2, 3]), ("lifo", [3, 2, 1, 0])])
 def test_fixed_policies_serve_in_their_order(policy: str, order: List[int]) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None, queue_policy=policy)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None, queue_policy=policy)
     conn = pool.acquire()
     served: List[int] = []
     waiters = queue_up(pool, 4, served)
@@ -99,7 +99,7 @@ def test_fixed_policies_serve_in_their_order(policy: str, order: List[int]) -> N
 
 
 def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
     conn = pool.acquire()
     served: List[int] = []
     waiters = queue_up(pool, 200, served)
@@ -112,7 +112,7 @@ def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> No
 
 def make_overloaded(clock: Clock) -> Any:
     """A pool of one connection held 10 ms per checkout, whose last ten waiters gave up (were interrupted)."""
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
     conn = pool.acquire()
     served: List[int] = []
     # Ten checkouts that hold the connection 10 ms each.
@@ -216,7 +216,7 @@ def test_deadline_bad_input_names_the_argument() -> None:
 
 
 def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None, queue_policy="fifo")
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None, queue_policy="fifo")
     conn = pool.acquire()
     served: List[int] = []
     waiters = queue_up(pool, 3, served)
@@ -239,7 +239,7 @@ def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> N
 
 
 def test_hand_off_skips_a_waiter_whose_deadline_ran_out(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
     conn = pool.acquire()
     errors: List[BaseException] = []
 
@@ -264,7 +264,7 @@ def test_hand_off_skips_a_waiter_whose_deadline_ran_out(clock: Clock) -> None:
 
 
 def test_a_waiter_interrupted_after_its_time_ran_out_gets_no_stray_wake_up(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=60)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=60)
     held = pool.acquire()
     outcome: List[Any] = []
 
@@ -309,7 +309,7 @@ def test_adaptive_returns_to_fifo_once_nobody_gave_up_for_two_windows(clock: Clo
 def test_checkout_timeouts_alone_never_turn_the_queue_lifo(clock: Clock) -> None:
     # The seed scenario's shape: a long queue whose waiters may time out on the pool's own timeout. A waiter
     # served just before its checkout timeout still does its work, so FIFO loses nothing and must stay.
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=0.05)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=0.05)
     conn = pool.acquire()
     errors: List[BaseException] = []
 
@@ -333,7 +333,7 @@ def test_checkout_timeouts_alone_never_turn_the_queue_lifo(clock: Clock) -> None
 
 
 def test_a_waiter_that_times_out_says_so_even_when_another_was_shed_meanwhile(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_size=1, timeout=None)
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
     conn = pool.acquire()
     outcome: List[str] = []
 
