@@ -425,12 +425,17 @@ class GeventPool(ConnectionPool):
             return True
         if not connection.can_read(timeout=0):  # raises ConnectionError when the server closed it
             return True
-        # Data is waiting. Only a RESP3 push message may legitimately wait on an idle connection.
-        return self.cache is not None or self._push_notifications()
-
-    def _push_notifications(self) -> bool:
-        enabled = getattr(self, "maint_notifications_enabled", None)  # redis-py >= 7
-        return enabled is not None and bool(enabled())
+        # Data is waiting, or the server closed the socket. Only a RESP3 push message may legitimately wait on an
+        # idle connection: client-side cache invalidations, or maintenance notifications, which redis-py 8.2 and
+        # newer read and apply here (raising ConnectionError if the server closed the socket), as its pools do.
+        if self.cache is not None:
+            return True
+        handle = getattr(connection, "handle_pending_push_notifications", None)
+        enabled = getattr(self, "maint_notifications_enabled", None)
+        if handle is None or enabled is None or not enabled():
+            return False  # redis-py before 8.2 reconnects whatever the data is: so does this pool
+        handle()
+        return True
 
     def _verify_suspect(self, connection: Any) -> None:
         key = id(connection)
