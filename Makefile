@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian/Ubuntu packages the tests and the harness start (binary:package).
 SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
 
-.PHONY: test test-loaded stress faults lint servers venv clean
+.PHONY: test test-loaded stress faults lint package servers venv clean
 
 test: venv servers
 	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
@@ -26,6 +26,10 @@ lint: venv
 	$(BIN)/ruff check greenpool tests stress
 	$(BIN)/ruff format --check greenpool tests stress
 	$(BIN)/mypy
+
+# Build the wheel and the sdist, install each into a clean venv, import greenpool, run the harness's --help.
+package: venv
+	timeout 300 .ci/check-package $(BIN)/python
 
 venv: $(VENV)/.installed
 
@@ -50,4 +54,4 @@ servers:
 	fi
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache build dist

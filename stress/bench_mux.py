@@ -40,9 +40,9 @@ from urllib.parse import unquote, urlparse
 
 import gevent
 
-from stress import asynctnt_worker
-from stress.figures import cpu_seconds
-from stress.servers import TarantoolServer
+from . import asynctnt_worker
+from .figures import cpu_seconds
+from .servers import TarantoolServer
 
 __all__ = ["Result", "Server", "median_ratio", "run_asynctnt", "run_mux", "run_pool"]
 

@@ -27,8 +27,8 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from stress import overload, report, session
-from stress.contenders import (
+from . import overload, report, session
+from .contenders import (
     REDIS_CONTENDERS,
     REDIS_OPS,
     TARANTOOL_CONTENDERS,
@@ -41,8 +41,9 @@ from stress.contenders import (
     alternate,
     redact_url,
 )
-from stress.harness import Progress
-from stress.overload_contenders import STATIC_NAMES, valid_name
+from .figures import PACKAGE
+from .harness import Progress
+from .overload_contenders import STATIC_NAMES, valid_name
 
 __all__ = ["build_parser", "main"]
 
@@ -153,14 +154,21 @@ def _url(schemes: Sequence[str]) -> Callable[[str], str]:
 
 
 EXAMPLES = """examples:
-  python -m stress                                  redis PING, 5000 greenlets, max_connections 1,10,100
-  python -m stress --op get --greenlets 2000 --json out.json
-  python -m stress tarantool --op select --max-connections 5,10,20
-  python -m stress tune --url redis://10.0.0.5:6379/0 --greenlets 3000
-  python -m stress tune --deadline 0.1                max_connections by goodput within a 100 ms deadline
-  python -m stress overload --quick                  open loop at multiples of the knee, every contender
-  python -m stress overload --server tarantool --check --json overload.json
+  {prog}                                  redis PING, 5000 greenlets, max_connections 1,10,100
+  {prog} --op get --greenlets 2000 --json out.json
+  {prog} tarantool --op select --max-connections 5,10,20
+  {prog} tune --url redis://10.0.0.5:6379/0 --greenlets 3000
+  {prog} tune --deadline 0.1                max_connections by goodput within a 100 ms deadline
+  {prog} overload --quick                  open loop at multiples of the knee, every contender
+  {prog} overload --server tarantool --check --json overload.json
 """
+
+
+def program_name() -> str:
+    """How the harness was started, for usage lines: ``python -m stress`` in a checkout, ``greenpool-stress``
+    when installed (``python -m greenpool.stress`` runs the same)."""
+    return "python -m stress" if PACKAGE == "stress" else "greenpool-stress"
+
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 TARANTOOL_SCHEMES = ("tarantool",)
@@ -218,12 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
-        prog="python -m stress",
+        prog=program_name(),
         description=(
             "Contention harness: many greenlets share few connections through greenpool and through "
             "redis-py's pools, side by side. Without a command, runs 'redis' (options may follow)."
         ),
-        epilog=EXAMPLES,
+        epilog=EXAMPLES.format(prog=program_name()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="{redis,tarantool,tune,overload}")
@@ -291,7 +299,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         help="sweep max_connections with greenpool and recommend one",
         description=(
             "Sweep max_connections with greenpool for your greenlet count and server; recommend the smallest "
-            "value within 5 %% of the best throughput with 100 %% success and p99 wait under the timeout."
+            "value within 5 % of the best throughput with 100 % success and p99 wait under the timeout."
         ),
     )
     tune_cmd.add_argument("--server", choices=("redis", "tarantool"), default="redis", help="(default redis)")
@@ -670,7 +678,7 @@ def _compare(args: argparse.Namespace) -> int:
             return 1
         ratios = report.add_ratios(runs)
         if args.extras:
-            from stress.extras import memory_per_waiter, single_greenlet
+            from .extras import memory_per_waiter, single_greenlet
 
             single = single_greenlet(target, contenders, args.duration, args.timeout)
             if any(c.name == "greenpool" for c in contenders):
@@ -738,7 +746,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if unavailable:
             sys.stderr.write(f"tune needs greenpool: {unavailable}\n")
             return 1
-    from stress.servers import ServerMissing
+    from .servers import ServerMissing
 
     try:
         if args.command == "overload":

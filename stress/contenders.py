@@ -36,8 +36,9 @@ from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urlparse
 
 from greenpool.errors import PoolError, PoolTimeout
-from stress import asynctnt_worker
-from stress.harness import CheckoutFailed, Progress, RunStats, Workload, clock, run_workload
+
+from . import asynctnt_worker
+from .harness import CheckoutFailed, Progress, RunStats, Workload, clock, run_workload
 
 __all__ = [
     "REDIS_CONTENDERS",

@@ -17,17 +17,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from stress.contenders import Contender, RedisCeiling, RedisTarget, alternate
-from stress.harness import RunStats, rss_bytes, run_workload
+from .contenders import Contender, RedisCeiling, RedisTarget, alternate
+from .figures import PACKAGE, python_path
+from .harness import RunStats, rss_bytes, run_workload
 
 __all__ = ["memory_per_waiter", "probe_main", "single_greenlet"]
 
 #: Environment variable the memory probe reads the Redis URL from (never on its command line).
 URL_ENV = "GREENPOOL_STRESS_REDIS_URL"
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def single_greenlet(
@@ -91,15 +90,14 @@ def memory_per_waiter(url: str, waiters: int, timeout: float = 60.0) -> Dict[str
 
 def _probe(url: str, mode: str, waiters: int, timeout: float) -> Union[float, str]:
     """Run one probe process; return the RSS growth in bytes, or an error message."""
-    code = "from gevent import monkey; monkey.patch_all(); from stress.extras import probe_main; probe_main()"
+    code = f"from gevent import monkey; monkey.patch_all(); from {PACKAGE}.extras import probe_main; probe_main()"
     env = dict(os.environ)
     env[URL_ENV] = url
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = python_path(env)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code, mode, str(waiters)],
             env=env,
-            cwd=str(_ROOT),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -22,7 +22,8 @@ import gevent
 from gevent.event import Event
 
 from greenpool.stats import percentile
-from stress.figures import outcome, rss_bytes
+
+from .figures import outcome, rss_bytes
 
 __all__ = ["CheckoutFailed", "Progress", "RunStats", "Workload", "rss_bytes", "run_workload", "summarize_waits"]
 

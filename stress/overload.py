@@ -34,20 +34,20 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from stress import overload_report as report
-from stress import session
-from stress.contenders import alternate
-from stress.harness import Progress
-from stress.openloop import closed_loop, open_loop, soak
-from stress.overload_contenders import (
+from . import overload_report as report
+from . import session
+from .contenders import alternate
+from .harness import Progress
+from .openloop import closed_loop, open_loop, soak
+from .overload_contenders import (
     BASELINES,
     OverloadContender,
     RedisData,
     TarantoolData,
     contenders_for,
 )
-from stress.report import print_lines, write_json
-from stress.rounds import exit_status, median, missed, summary
+from .report import print_lines, write_json
+from .rounds import exit_status, median, missed, summary
 
 __all__ = ["DEFAULTS", "QUICK", "SEED", "SOAK", "run", "tune"]
 
@@ -274,8 +274,8 @@ def run_soak(
 
 def run_seed(url: str, policy: str, rounds: int, progress: Progress) -> List[Dict[str, Any]]:
     """The seed's closed loop with ``policy`` and with ``fifo``, once per round, in alternating order."""
-    from stress.contenders import RedisTarget
-    from stress.overload_contenders import SeedPolicy
+    from .contenders import RedisTarget
+    from .overload_contenders import SeedPolicy
 
     target = RedisTarget(url, "ping")
     contenders = {f"greenpool-{p}": SeedPolicy(p) for p in (policy, "fifo")}

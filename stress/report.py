@@ -12,7 +12,7 @@ import importlib.util
 import json
 from typing import Any, Dict, Iterable, List, Optional, TextIO, Tuple
 
-from stress.rounds import format_targets, target
+from .rounds import format_targets, target
 
 __all__ = [
     "TARGETS",
