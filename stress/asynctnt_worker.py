@@ -11,7 +11,7 @@ own RSS and CPU time. The connection does not reconnect by itself: an unreachabl
 at once, a connection lost during the run shows as errors.
 
 Used by the main harness (the ``asynctnt`` contender of ``python -m stress tarantool``, see
-:mod:`stress.contenders`) and by :mod:`stress.bench_mux`. asynctnt and uvloop are optional
+:mod:`stress.contenders`, which runs every contender in rounds). asynctnt and uvloop are optional
 (``pip install 'greenpool[bench]'``): :func:`missing` tells without importing them, and :func:`run` raises
 :class:`AsynctntUnavailable` when they are missing or the worker cannot import them. Depends on the
 standard library (asynctnt and uvloop in the worker only).

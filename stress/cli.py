@@ -1,22 +1,27 @@
-"""The command line of the contention harness: ``python -m stress [redis|tarantool|tune|overload] [options]``.
+"""The command line of the contention harness: ``python -m stress [redis|tarantool|tune|overload] [options]``
+(installed: ``greenpool-stress`` or ``python -m greenpool.stress``).
 
-``redis`` (the default) and ``tarantool`` run every chosen contender (see :mod:`stress.contenders`) for
-each ``--max-connections`` value, side by side in alternating order, against one server, then print the
-results table, greenpool's ratios and its targets (PASS/MISS, the multiplexers' included when they ran);
-``redis`` also runs the single-greenlet and memory-per-waiter scenarios (:mod:`stress.extras`). A
-contender that cannot run here (``asynctnt`` without asynctnt and uvloop installed) is skipped with one
-line saying why and how to install what it needs. ``tune`` sweeps max_connections with greenpool
-alone and recommends a value; ``tune --deadline D`` recommends one by goodput within D instead (the knee at
-each size, :func:`stress.overload.tune`). ``overload`` runs the open-loop overload scenario
-(:mod:`stress.overload`). Without ``--url`` a private server is started on a free loopback port
-(:mod:`stress.servers`) and stopped afterwards. ``--json`` and ``--plot`` are checked before anything runs
-(the file's directory exists; the plot is a ``.png`` and matplotlib is installed).
+``redis`` (the default) and ``tarantool`` run every chosen contender (see :mod:`.contenders`) at each
+``--max-connections`` value against one server, ``--rounds`` times, the contenders of one size back to back in
+alternating order; each contender starts warm (its connections open before the measured window). They print
+one row per contender and size with the medians over the rounds and the ok/s spread, greenpool's ratios (each
+the median of the per-round ratios) and its targets (PASS/MISS, the multiplexers' included when they ran);
+``redis`` also runs the single-greenlet and memory-per-waiter scenarios (:mod:`.extras`). A contender that
+cannot run here (``asynctnt`` without asynctnt and uvloop installed) is skipped with one line on stderr saying
+why and how to install what it needs. ``tune`` sweeps max_connections with greenpool alone in rounds and
+recommends a value with its confidence (how many rounds alone pick it, how much the rounds spread); ``tune
+--deadline D`` recommends one by goodput within D instead (the knee at each size, :func:`.overload.tune`).
+``overload`` runs the open-loop overload scenario (:mod:`.overload`). Without ``--url`` a private server is
+started on a free loopback port (:mod:`.servers`) and stopped afterwards. ``--json`` and ``--plot`` are
+checked before anything runs (the file's directory exists; the plot is a ``.png`` and matplotlib is
+installed). Progress goes to stderr: a live line on a terminal, plain lines on a pipe (``--no-progress``: none).
 
-Expects the process to be monkey-patched already (``stress/__main__.py`` does it). Exit status: 0 after a
-report (targets missed included: they are figures, not failures); 2 for a bad option, with an argparse
-message naming it; 1 when a run cannot start (server binary missing or unreachable, no contender
-available) or ``tune`` finds no size that serves every checkout in time; ``overload --check``:
-:data:`stress.rounds.EXIT_MISSED` (3) when a target is missed. Depends on the other ``stress`` modules.
+Expects the process to be monkey-patched already (``__main__`` does it). Exit status: 0 after a report
+(targets missed included: they are figures, not failures); 2 for a bad option, with an argparse message naming
+it; 1 when a run cannot start (server binary missing or unreachable, no contender available) or ``tune`` finds
+no size that serves every checkout in time; with ``--check`` (every command), :data:`.rounds.EXIT_MISSED` (3)
+when a target is missed (for ``tune``: when the rounds do not agree on its pick). Depends on the other modules
+of the harness.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from .contenders import (
 from .figures import PACKAGE
 from .harness import Progress
 from .overload_contenders import STATIC_NAMES, valid_name
+from .rounds import EXIT_MISSED, exit_status
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +61,7 @@ DEFAULT_MAX = "1,10,100"
 DEFAULT_TUNE_MAX = "1,2,5,10,20,50,100"
 DEFAULT_TIMEOUT = 1.0
 DEFAULT_DURATION = 3.0
+DEFAULT_ROUNDS = 3
 #: --value-size defaults: small Redis values; 1.5 KB tuples for Tarantool, as in the original article.
 DEFAULT_VALUE_SIZE = {"redis": 100, "tarantool": 1500}
 #: Figures that do not apply to a contender without checkouts (``mux``): None in the JSON, "-" in the table.
@@ -210,12 +217,36 @@ def _add_common(parser: argparse.ArgumentParser, default_max: str, duration_help
         metavar="BYTES",
         help="value size for get/set (default 100) and tuple payload for replace/select (default 1500)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=DEFAULT_ROUNDS,
+        help=f"runs of every contender at every size, in alternating order; medians and the spread are reported "
+        f"(default {DEFAULT_ROUNDS})",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure, the versions and the core count here")
     parser.add_argument(
-        "--plot", metavar="FILE.png", help="draw ok/s and p99 wait against max_connections (needs matplotlib)"
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput, success and wait p50/p99 against max_connections (needs matplotlib)",
     )
+    _add_progress(parser)
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--progress", action="store_true", help="draw the live progress line on stderr even when it is not a tty"
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress on stderr (by default: a live line on a terminal, plain lines on a pipe)",
+    )
+
+
+def _add_check(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit with status {EXIT_MISSED} when {what} is missed (after the report)",
     )
 
 
@@ -259,6 +290,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         help="skip the single-greenlet and memory-per-waiter scenarios",
     )
     _add_common(redis_cmd, DEFAULT_MAX)
+    _add_check(redis_cmd, "a target")
 
     tnt_cmd = commands.add_parser(
         "tarantool",
@@ -280,11 +312,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         + "; ".join(f"{c.name}: {c.help}" for c in TARANTOOL_CONTENDERS.values()),
     )
     tnt_cmd.add_argument(
-        "--mux-connections",
+        "--shared-connections",
         type=_positive_int,
         default=1,
         metavar="N",
-        help="sockets of the mux contender's TarantoolMux, whatever --max-connections says (default 1)",
+        help="sockets of the mux contender's TarantoolMux (shared_connections), whatever --max-connections says "
+        "(default 1)",
     )
     tnt_cmd.add_argument(
         "--no-extras",
@@ -293,6 +326,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         help="accepted as for redis; tarantool runs no extra scenarios",
     )
     _add_common(tnt_cmd, DEFAULT_MAX)
+    _add_check(tnt_cmd, "a target")
 
     tune_cmd = commands.add_parser(
         "tune",
@@ -302,7 +336,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
             "value within 5 % of the best throughput with 100 % success and p99 wait under the timeout."
         ),
     )
-    tune_cmd.add_argument("--server", choices=("redis", "tarantool"), default="redis", help="(default redis)")
+    tune_cmd.add_argument(
+        "--server",
+        choices=("redis", "tarantool"),
+        default=None,
+        help="(default: the --url's, tarantool for a tarantool:// URL, else redis)",
+    )
     tune_cmd.add_argument(
         "--url",
         type=_url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
@@ -336,6 +375,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         duration_help=f"measured seconds per run (default {DEFAULT_DURATION:g}; with --deadline, per knee probe: "
         f"{OVERLOAD['duration']:g})",
     )
+    _add_check(tune_cmd, "the rounds do not agree on a size (confidence low), or no size qualifies,")
     tune_cmd.set_defaults(duration=None)  # resolved in parse_args, by --deadline
 
     over = commands.add_parser(
@@ -349,7 +389,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
             "within the deadline, p50/p99 of the completed and the CPU share of the load generator."
         ),
     )
-    over.add_argument("--server", choices=("redis", "tarantool"), default="redis", help="(default redis)")
+    over.add_argument(
+        "--server",
+        choices=("redis", "tarantool"),
+        default=None,
+        help="(default: the --url's, tarantool for a tarantool:// URL, else redis)",
+    )
     over.add_argument(
         "--url",
         type=_url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
@@ -443,16 +488,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         help=f"{QUICK['rounds']} round, {QUICK['duration']:g} s runs, a {QUICK['soak_ops']}-command soak, no seed "
         "(--rounds and --duration still win)",
     )
-    over.add_argument(
-        "--check", action="store_true", help="exit with status 3 when a target is missed (after the report)"
-    )
+    _add_check(over, "a target")
     over.add_argument("--json", metavar="FILE", help="write every figure, the versions and the core count here")
     over.add_argument(
         "--plot", metavar="FILE.png", help="draw goodput, share in time and p99 against the load (needs matplotlib)"
     )
-    over.add_argument(
-        "--progress", action="store_true", help="draw the live progress line on stderr even when it is not a tty"
-    )
+    _add_progress(over)
     return parser, {"redis": redis_cmd, "tarantool": tnt_cmd, "tune": tune_cmd, "overload": over}
 
 
@@ -475,14 +516,23 @@ def _check_outputs(sub: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _server_fits(sub: argparse.ArgumentParser, args: argparse.Namespace, kind: str) -> None:
+    """Refuse a --url of the other server than --server names."""
     if args.url is not None:
         scheme = args.url.split("://", 1)[0]
         if (scheme == "tarantool") != (kind == "tarantool"):
             sub.error(f"argument --url: a {scheme}:// URL does not fit --server {kind}")
 
 
+def _infer_server(args: argparse.Namespace) -> str:
+    """``--server``, else the server ``--url`` points at (tarantool:// or Redis), else Redis."""
+    if args.server is None:
+        scheme = (args.url or "").split("://", 1)[0]
+        args.server = "tarantool" if scheme == "tarantool" else "redis"
+    return str(args.server)
+
+
 def _overload_args(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    kind = args.server
+    kind = _infer_server(args)
     _server_fits(sub, args, kind)
     ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
     if args.op is None:
@@ -517,7 +567,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         _overload_args(sub, args)
         kind = args.server
     elif args.command == "tune":
-        kind = args.server
+        kind = _infer_server(args)
         _server_fits(sub, args, kind)
         ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
         if args.duration is None:
@@ -545,43 +595,50 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _run_sweep(
     args: argparse.Namespace, target: Any, contenders: List[Contender], progress: Progress, skipped: Dict[str, str]
 ) -> List[Dict[str, Any]]:
-    """Run every contender at every max_connections, alternating the order from one size to the next.
+    """Run every contender at every max_connections, ``--rounds`` times; return every run (with its ``round``).
 
-    A contender that raises :class:`ContenderUnavailable` is not run again; why is said on stderr and
-    recorded in ``skipped``.
+    Within a round the sizes run in turn and the contenders of one size back to back, their order reversed from
+    one size (and round) to the next, so that the contenders of one size share the box's load. A contender that
+    raises :class:`ContenderUnavailable` is not run again; why is said on stderr and recorded in ``skipped``.
     """
     runs: List[Dict[str, Any]] = []
     by_name = {c.name: c for c in contenders}
-    total = len(args.max_connections) * len(contenders)
-    for round_index, size in enumerate(args.max_connections):
-        for name in alternate(list(by_name), round_index):
-            if name in skipped:
-                continue
-            label = f"[{len(runs) + 1}/{total}] {name:<21} max={size:<4}"
-            try:
-                figures = by_name[name].measure(
-                    target, size, args.greenlets, args.timeout, args.duration, progress=progress, label=label
-                )
-            except ContenderUnavailable as exc:
-                reason = str(exc)
-                if any(run["contender"] == name for run in runs):
-                    reason += f" (at max_connections {size}; not run at the later sizes)"
-                skipped[name] = reason
-                sys.stderr.write(f"skipping {name}: {reason}\n")
-                continue
-            run = {"contender": name, "max_connections": size, "order": len(runs) + 1}
-            run.update(figures)
-            if not by_name[name].has_checkout:
-                run.update(dict.fromkeys(NO_CHECKOUT_FIGURES))
-            runs.append(run)
-            if figures["first_error"]:
-                sys.stderr.write(f"{name} max={size}: {figures['errors']} errors, first: {figures['first_error']}\n")
+    total = args.rounds * len(args.max_connections) * len(contenders)
+    step = 0
+    for round_index in range(args.rounds):
+        for size_index, size in enumerate(args.max_connections):
+            for name in alternate(list(by_name), round_index * len(args.max_connections) + size_index):
+                step += 1
+                if name in skipped:
+                    continue
+                label = f"[{step}/{total}] round {round_index + 1}/{args.rounds} {name:<21} max={size:<4}"
+                try:
+                    figures = by_name[name].measure(
+                        target, size, args.greenlets, args.timeout, args.duration, progress=progress, label=label
+                    )
+                except ContenderUnavailable as exc:
+                    reason = str(exc)
+                    if any(run["contender"] == name for run in runs):
+                        reason += f" (at max_connections {size}; not run again)"
+                    skipped[name] = reason
+                    sys.stderr.write(f"skipping {name}: {reason}\n")
+                    continue
+                run = {"contender": name, "max_connections": size, "round": round_index + 1, "order": len(runs) + 1}
+                run.update(figures)
+                if not by_name[name].has_checkout:
+                    run.update(dict.fromkeys(NO_CHECKOUT_FIGURES))
+                runs.append(run)
+                if figures["first_error"]:
+                    sys.stderr.write(
+                        f"{name} max={size}: {figures['errors']} errors, first: {figures['first_error']}\n"
+                    )
     return runs
 
 
 def _format_single(single: Dict[str, Any], op: str) -> str:
     lines = [
-        f"One greenlet, no contention ({op}, {single['duration_s']:g} s each, alternating order):",
+        f"One greenlet, no contention ({op}, {single['rounds']} rounds of {single['duration_s']:g} s each, "
+        "alternating order; medians):",
         f"  dedicated connection   {single['dedicated_ok_per_s']:>10,.0f} ok/s",
     ]
     for name, fig in single["pools"].items():
@@ -594,10 +651,15 @@ def _format_single(single: Dict[str, Any], op: str) -> str:
 def _format_memory(memory: Dict[str, Any]) -> str:
     if "error" in memory:
         return f"Memory per waiting greenlet: not measured ({memory['error']})"
+    extra = memory["bytes_per_waiter"]
+    if extra > 0:
+        verdict = f"the pool adds {extra:,.0f} B per waiter"
+    else:  # the pool's waiter is lighter than a greenlet parked on an Event: nothing to add
+        verdict = f"the pool adds nothing (its waiter takes {-extra:,.0f} B less than a greenlet on an Event)"
     return (
         f"Memory per waiting greenlet ({memory['waiters']:,} greenlets parked in a greenpool checkout vs on a "
         f"plain Event):\n  greenlet on an Event {memory['event_bytes_per_greenlet']:,.0f} B, in the pool "
-        f"{memory['pool_bytes_per_greenlet']:,.0f} B: the pool adds {memory['bytes_per_waiter']:,.0f} B per waiter"
+        f"{memory['pool_bytes_per_greenlet']:,.0f} B: {verdict}"
     )
 
 
@@ -605,7 +667,7 @@ def _available(args: argparse.Namespace) -> Tuple[List[Contender], Dict[str, str
     """The chosen contenders that can run here, and why the others cannot (also said on stderr)."""
     known = REDIS_CONTENDERS if args.kind == "redis" else TARANTOOL_CONTENDERS
     if args.kind == "tarantool":
-        known = dict(known, mux=MuxTarantool(getattr(args, "mux_connections", 1)))
+        known = dict(known, mux=MuxTarantool(getattr(args, "shared_connections", 1)))
     contenders: List[Contender] = []
     skipped: Dict[str, str] = {}
     for name in args.pools:
@@ -628,11 +690,12 @@ def _scenario(args: argparse.Namespace, contenders: List[Contender], where: str)
         "max_connections": args.max_connections,
         "timeout_s": args.timeout,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "pools": [c.name for c in contenders],
         "where": where,
     }
-    if any(c.name == "mux" for c in contenders) and hasattr(args, "mux_connections"):
-        scenario["mux_connections"] = args.mux_connections  # the tarantool mux's sockets
+    if any(c.name == "mux" for c in contenders) and hasattr(args, "shared_connections"):
+        scenario["shared_connections"] = args.shared_connections  # the tarantool mux's sockets
     return scenario
 
 
@@ -641,7 +704,7 @@ def _header(args: argparse.Namespace, target: Any, where: str, versions: Dict[st
     return (
         f"greenpool {what}: {target.describe()}, {args.greenlets:,} greenlets, max_connections "
         f"{','.join(map(str, args.max_connections))}, checkout timeout {args.timeout:g} s, "
-        f"{args.duration:g} s per run\n"
+        f"{args.duration:g} s per run, {args.rounds} round{'s' if args.rounds > 1 else ''}, every contender warm\n"
         f"{versions['server']} at {where}; Python {versions['python']}, gevent {versions['gevent']}, "
         f"redis-py {versions['redis-py']} (hiredis {versions['hiredis']}), tarantool-python "
         f"{versions['tarantool-python']}; {os.cpu_count()} cores\n"
@@ -654,7 +717,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not contenders:
         sys.stderr.write("no contender can run\n")
         return 1
-    progress = Progress(sys.stderr, sys.stderr.isatty() or args.progress)
+    progress = Progress(sys.stderr, args.progress)
     started = session.now()
     single: Optional[Dict[str, Any]] = None
     memory: Optional[Dict[str, Any]] = None
@@ -671,21 +734,29 @@ def _compare(args: argparse.Namespace) -> int:
             return 1
         scenario = _scenario(args, contenders, server["where"])
         report.print_lines(sys.stdout, _header(args, target, server["where"], versions))
-        runs = _run_sweep(args, target, contenders, progress, skipped)
-        contenders = [c for c in contenders if any(r["contender"] == c.name for r in runs)]
+        raw = _run_sweep(args, target, contenders, progress, skipped)
+        contenders = [c for c in contenders if any(r["contender"] == c.name for r in raw)]
         if not contenders:
             sys.stderr.write("no contender could run\n")
             return 1
-        ratios = report.add_ratios(runs)
+        runs = report.median_rows(raw)
+        ratios = report.ratio_table(runs)
         if args.extras:
             from .extras import memory_per_waiter, single_greenlet
 
-            single = single_greenlet(target, contenders, args.duration, args.timeout)
+            progress.line(f"single greenlet: every pool and a dedicated connection, {max(args.rounds, 2)} rounds")
+            single = single_greenlet(target, contenders, args.duration, args.timeout, args.rounds, progress)
             if any(c.name == "greenpool" for c in contenders):
-                memory = memory_per_waiter(server["url"], max(args.greenlets, MIN_MEMORY_WAITERS))
-    blocks = [report.format_table(runs)]
+                waiters = max(args.greenlets, MIN_MEMORY_WAITERS)
+                progress.line(f"memory per waiting greenlet: 4 probe processes parking {waiters:,} greenlets each")
+                memory = memory_per_waiter(server["url"], waiters)
+    blocks = [
+        report.format_table(runs)
+        + f"\n{args.rounds} round{'s' if args.rounds > 1 else ''}: ok/s, success and waits are medians, ± half "
+        "their ok/s range; failed and errors are totals over the rounds."
+    ]
     if any(c.name == "mux" for c in contenders) and args.kind == "tarantool":
-        sockets = f"{args.mux_connections} socket{'s' if args.mux_connections > 1 else ''}"
+        sockets = f"{args.shared_connections} socket{'s' if args.shared_connections > 1 else ''}"
         blocks[0] += (
             f"\nmux: one TarantoolMux ({sockets}) at every size; no checkout, so no wait figures (-); "
             "a request timeout counts as failed."
@@ -703,10 +774,18 @@ def _compare(args: argparse.Namespace) -> int:
     goals: List[Dict[str, Any]] = []
     recommendation: Optional[Dict[str, Any]] = None
     if args.command == "tune":
-        recommendation = report.recommend(runs, args.timeout)
+        per_round = [[r for r in raw if r["round"] == index + 1] for index in range(args.rounds)]
+        recommendation = report.recommend(runs, args.timeout, per_round)
         pick = recommendation["max_connections"]
-        head = f"Recommended: max_connections={pick}" if pick is not None else "No recommendation"
-        blocks.append(head + "\n" + "\n".join("  " + line for line in recommendation["why"]))
+        head = (
+            f"Recommended: max_connections={pick} (confidence {recommendation['confidence']})"
+            if pick is not None
+            else "No recommendation"
+        )
+        lines = recommendation["why"] + [f"WARNING: {w}" for w in recommendation["warnings"]]
+        blocks.append(head + "\n" + "\n".join("  " + line for line in lines))
+        goals = report.tune_targets(recommendation)
+        blocks.append("Targets (tune):\n" + report.format_targets(goals))
     else:
         goals = report.targets(runs, args.greenlets, single, memory, kind=args.kind)
         blocks.append("Targets (greenpool):\n" + report.format_targets(goals))
@@ -721,6 +800,7 @@ def _compare(args: argparse.Namespace) -> int:
         "contenders": [c.name for c in contenders],
         "skipped": skipped,
         "runs": runs,
+        "rounds": raw,
         "ratios": ratios,
         "single_greenlet": single,
         "memory": memory,
@@ -731,11 +811,15 @@ def _compare(args: argparse.Namespace) -> int:
     if args.json:
         report.write_json(args.json, document)
     if args.plot:
-        title = f"{target.describe()}, {args.greenlets:,} greenlets, timeout {args.timeout:g} s"
-        report.write_plot(args.plot, runs, title)
+        title = (
+            f"{target.describe()}, {args.greenlets:,} greenlets, timeout {args.timeout:g} s, "
+            f"medians of {args.rounds} round{'s' if args.rounds > 1 else ''}"
+        )
+        pick = None if recommendation is None else recommendation["max_connections"]
+        report.write_plot(args.plot, runs, title, timeout=args.timeout, recommended=pick)
     if recommendation is not None and recommendation["max_connections"] is None:
         return 1
-    return 0
+    return exit_status(args.check, goals)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

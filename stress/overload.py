@@ -372,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
     if not contenders:
         _stderr("no contender can run")
         return 1
-    progress = Progress(sys.stderr, sys.stderr.isatty() or args.progress)
+    progress = Progress(sys.stderr, args.progress)
     started = session.now()
     capacity: Optional[Dict[str, Any]] = None
     knee: Optional[Dict[str, Any]] = None
@@ -511,7 +511,7 @@ def tune(args: argparse.Namespace) -> int:
     """``tune --deadline``: the knee of the default greenpool contender at each ``--max-connections``; recommend
     the smallest size whose knee is within 5 % of the best. Exit status 1 when no size has a knee."""
     _, default, found = contenders_for(args.kind)
-    progress = Progress(sys.stderr, sys.stderr.isatty() or args.progress)
+    progress = Progress(sys.stderr, args.progress)
     started = session.now()
     sizes: List[Dict[str, Any]] = []
     with session.server(args.kind, args.url) as server:
@@ -527,7 +527,7 @@ def tune(args: argparse.Namespace) -> int:
             f"{versions['server']} at {server['where']}; {os.cpu_count()} cores",
         )
         for size in args.max_connections:
-            capacity = measure_capacity(default, data, args, 1, progress, size)
+            capacity = measure_capacity(default, data, args, args.rounds, progress, size)
             knee = measure_knee(default, data, args, capacity["median_req_per_s"], progress, size)
             sizes.append(
                 {
