@@ -752,8 +752,8 @@ def _compare(args: argparse.Namespace) -> int:
                 memory = memory_per_waiter(server["url"], waiters)
     blocks = [
         report.format_table(runs)
-        + f"\n{args.rounds} round{'s' if args.rounds > 1 else ''}: ok/s, success and waits are medians, ± half "
-        "their ok/s range; failed and errors are totals over the rounds."
+        + f"\n{args.rounds} round{'s' if args.rounds > 1 else ''}: ok/s, waits and the ratios are medians over the "
+        "rounds, ± half their ok/s range;\nfailed, errors and success count every round together."
     ]
     if any(c.name == "mux" for c in contenders) and args.kind == "tarantool":
         sockets = f"{args.shared_connections} socket{'s' if args.shared_connections > 1 else ''}"

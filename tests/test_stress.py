@@ -1248,3 +1248,22 @@ def test_tune_by_deadline_finds_a_knee_per_size(redis_server: Any, tmp_path: Pat
     assert doc["tune"]["max_connections"] == (2 if size["knee_per_s"] else None)
     assert proc.returncode == (0 if size["knee_per_s"] else 1)
     assert "Recommended: max_connections=2" in proc.stdout or "No recommendation" in proc.stdout
+
+
+def test_installed_name_runs_the_harness_and_its_subprocesses(redis_server: Any, tmp_path: Path) -> None:
+    """``python -m greenpool.stress`` from outside the checkout (the installed name), extras included: the
+    memory probe's subprocesses import the harness under the same name."""
+    out = tmp_path / "installed.json"
+    short = ["--greenlets", "20", "--max-connections", "1", "--duration", "0.3", "--rounds", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "greenpool.stress", "redis", "--url", redis_server.url, "--pools", "greenpool", *short],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert "error" not in doc["memory"], doc["memory"]
+    assert [r["contender"] for r in doc["runs"]] == ["greenpool"]
