@@ -163,8 +163,9 @@ def _url(schemes: Sequence[str]) -> Callable[[str], str]:
 EXAMPLES = """examples:
   {prog}                                  redis PING, 5000 greenlets, max_connections 1,10,100
   {prog} --op get --greenlets 2000 --json out.json
-  {prog} tarantool --op select --max-connections 5,10,20
-  {prog} tune --url redis://10.0.0.5:6379/0 --greenlets 3000
+  {prog} tarantool --op select --max-connections 5,10,20 --rounds 5
+  {prog} tune --url redis://10.0.0.5:6379/0 --greenlets 3000 --plot tune.png
+  {prog} tune --url tarantool://user:secret@10.0.0.6:3301 --check   exit 3 unless the rounds agree
   {prog} tune --deadline 0.1                max_connections by goodput within a 100 ms deadline
   {prog} overload --quick                  open loop at multiples of the knee, every contender
   {prog} overload --server tarantool --check --json overload.json
@@ -332,8 +333,9 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         "tune",
         help="sweep max_connections with greenpool and recommend one",
         description=(
-            "Sweep max_connections with greenpool for your greenlet count and server; recommend the smallest "
-            "value within 5 % of the best throughput with 100 % success and p99 wait under the timeout."
+            "Sweep max_connections with greenpool for your greenlet count and server, in rounds; recommend the "
+            "smallest value within 5 % of the best median throughput with 100 % success and p99 wait under the "
+            "timeout, and say how sure that is (how many rounds alone pick it, how much the rounds spread)."
         ),
     )
     tune_cmd.add_argument(

@@ -12,7 +12,7 @@ import importlib.util
 import json
 from typing import Any, Dict, Iterable, List, Optional, TextIO, Tuple
 
-from .rounds import format_targets, median, spread_pct, target
+from .rounds import format_targets, median, median_ratio, spread_pct, target
 
 __all__ = [
     "MEDIAN_FIGURES",
@@ -384,7 +384,9 @@ def recommend(
 ) -> Dict[str, Any]:
     """Pick the smallest max_connections within 5 % of the best ok/s, with 100 % success and p99 < timeout,
     from the median rows (:func:`median_rows`; a size with any failed checkout in any round does not
-    qualify), and say how sure the pick is.
+    qualify), and say how sure the pick is. With two rounds or more, a size's throughput counts as the median
+    of its per-round ratios to the best size, and a size whose ok/s range over the rounds overlaps the best's
+    counts as within 5 % (the rounds cannot tell them apart, and fewer connections are preferred).
 
     ``rounds``: the runs of each round; the same rule applied to each round alone tells how many rounds
     agree with the pick. Returns ``{"max_connections": int or None, "confidence": "high" | "medium" | "low",
@@ -394,7 +396,25 @@ def recommend(
     round, which cannot show its own noise). When no run qualifies within 5 % of the best, the fastest
     qualifying run is recommended instead; when none qualifies at all, ``None``.
     """
-    result = _recommend_once(rows, timeout)
+    shares: Optional[Dict[int, float]] = None
+    indistinct: List[int] = []
+    if rows and rounds and len(rounds) > 1:
+        best = max(rows, key=lambda r: r["ok_per_s"])
+        # A size's share of the best: the median of its per-round ratios to the best size (both measured in the
+        # same round, so that the box's drift between rounds cancels out).
+        shares = {}
+        for row in rows:
+            pairs = []
+            for runs in rounds:
+                by_size = {r["max_connections"]: r["ok_per_s"] for r in runs}
+                pairs.append((by_size.get(row["max_connections"]), by_size.get(best["max_connections"])))
+            ratio = median_ratio(pairs)
+            if ratio is not None:
+                shares[row["max_connections"]] = ratio
+        # Sizes whose range over the rounds overlaps the best's: the rounds cannot tell them apart.
+        floor = best.get("ok_per_s_min", best["ok_per_s"])
+        indistinct = [r["max_connections"] for r in rows if r.get("ok_per_s_max", r["ok_per_s"]) >= floor]
+    result = _recommend_once(rows, timeout, shares, indistinct)
     pick = result["max_connections"]
     per_round = [_recommend_once(runs, timeout)["max_connections"] for runs in rounds or []]
     agreeing = sum(1 for value in per_round if value == pick)
@@ -458,16 +478,32 @@ def tune_targets(recommendation: Dict[str, Any]) -> List[Dict[str, Any]]:
     ]
 
 
-def _recommend_once(runs: List[Dict[str, Any]], timeout: float) -> Dict[str, Any]:
+def _recommend_once(
+    runs: List[Dict[str, Any]],
+    timeout: float,
+    shares: Optional[Dict[int, float]] = None,
+    indistinct: Iterable[int] = (),
+) -> Dict[str, Any]:
     """Pick the smallest max_connections within 5 % of the best ok/s, with 100 % success and p99 < timeout.
 
-    Returns ``{"max_connections": int or None, "why": [lines]}``. When no run qualifies within 5 % of the
-    best, the fastest qualifying run is recommended instead; when none qualifies at all, ``None``.
+    ``shares``: each size's throughput as a share of the best size's (default: the ratio of ``runs``' ok/s);
+    ``indistinct``: sizes the rounds cannot tell from the best (they count as within 5 %). Returns
+    ``{"max_connections": int or None, "why": [lines]}``. When no run qualifies within 5 % of the best, the
+    fastest qualifying run is recommended instead; when none qualifies at all, ``None``.
     """
     if not runs:
         return {"max_connections": None, "why": ["no runs"]}
     best = max(runs, key=lambda r: r["ok_per_s"])
     limit_ms = timeout * 1000.0
+    noise = set(indistinct)
+
+    def share_of(r: Dict[str, Any]) -> float:
+        if shares is not None and r["max_connections"] in shares:
+            return shares[r["max_connections"]]
+        return r["ok_per_s"] / best["ok_per_s"] if best["ok_per_s"] else 0.0
+
+    def near(r: Dict[str, Any]) -> bool:
+        return share_of(r) >= TUNE_WITHIN or r["max_connections"] in noise
 
     def problems(r: Dict[str, Any]) -> List[str]:
         out = []
@@ -478,7 +514,7 @@ def _recommend_once(runs: List[Dict[str, Any]], timeout: float) -> Dict[str, Any
         return out
 
     eligible = [r for r in runs if not problems(r)]
-    close = [r for r in eligible if r["ok_per_s"] >= TUNE_WITHIN * best["ok_per_s"]]
+    close = [r for r in eligible if near(r)]
     pick: Optional[Dict[str, Any]] = None
     if close:
         pick = min(close, key=lambda r: r["max_connections"])
@@ -486,9 +522,9 @@ def _recommend_once(runs: List[Dict[str, Any]], timeout: float) -> Dict[str, Any
         pick = max(eligible, key=lambda r: r["ok_per_s"])
     why = []
     for r in sorted(runs, key=lambda r: r["max_connections"]):
-        share = r["ok_per_s"] / best["ok_per_s"] if best["ok_per_s"] else 0.0
+        share = share_of(r)
         verdict = problems(r)
-        if not verdict and share < TUNE_WITHIN:
+        if not verdict and not near(r):
             verdict = [f"only {share:.0%} of the best throughput"]
         spread = r.get("ok_per_s_spread_pct")
         line = (
@@ -498,6 +534,8 @@ def _recommend_once(runs: List[Dict[str, Any]], timeout: float) -> Dict[str, Any
         )
         if r is pick:
             line += "  <- recommended"
+            if share < TUNE_WITHIN and r["max_connections"] in noise:
+                line += " (the rounds cannot tell it from the best)"
         elif verdict:
             line += "  -- " + "; ".join(verdict)
         elif pick is not None and r["max_connections"] > pick["max_connections"]:
