@@ -16,6 +16,9 @@ started on a free loopback port (:mod:`.servers`) and stopped afterwards. ``--js
 checked before anything runs (the file's directory exists; the plot is a ``.png`` and matplotlib is
 installed). Progress goes to stderr: a live line on a terminal, plain lines on a pipe (``--no-progress``: none).
 
+Each subcommand is a :class:`Command` (its parser, its checks after parsing, its run) in :data:`COMMANDS`; a
+new scenario adds one with :func:`register` at the end of this module, building its parser from :mod:`.options`.
+
 Expects the process to be monkey-patched already (``__main__`` does it). Exit status: 0 after a report
 (targets missed included: they are figures, not failures); 2 for a bad option, with an argparse message naming
 it; 1 when a run cannot start (server binary missing or unreachable, no contender available) or ``tune`` finds
@@ -27,10 +30,9 @@ of the harness.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import overload, report, session
 from .contenders import (
@@ -44,120 +46,67 @@ from .contenders import (
     RedisTarget,
     TarantoolTarget,
     alternate,
-    redact_url,
 )
 from .figures import PACKAGE
 from .harness import Progress
+from .options import (
+    DEFAULT_DURATION,
+    DEFAULT_MAX,
+    DEFAULT_TUNE_MAX,
+    DEFAULT_VALUE_SIZE,
+    REDIS_SCHEMES,
+    TARANTOOL_SCHEMES,
+    add_check,
+    add_common,
+    add_progress,
+    check_outputs,
+    infer_server,
+    name_list,
+    number_list,
+    pool_list,
+    positive_int,
+    positive_number,
+    positive_seconds,
+    server_fits,
+    url,
+)
 from .overload_contenders import STATIC_NAMES, valid_name
-from .rounds import EXIT_MISSED, exit_status
+from .rounds import exit_status
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main", "parse_args", "register"]
 
 OVERLOAD, QUICK, SOAK = overload.DEFAULTS, overload.QUICK, overload.SOAK
 
-COMMANDS = ("redis", "tarantool", "tune", "overload")
-DEFAULT_GREENLETS = 5000
-DEFAULT_MAX = "1,10,100"
-DEFAULT_TUNE_MAX = "1,2,5,10,20,50,100"
-DEFAULT_TIMEOUT = 1.0
-DEFAULT_DURATION = 3.0
-DEFAULT_ROUNDS = 3
-#: --value-size defaults: small Redis values; 1.5 KB tuples for Tarantool, as in the original article.
-DEFAULT_VALUE_SIZE = {"redis": 100, "tarantool": 1500}
+
+class Command(NamedTuple):
+    """One subcommand of the harness.
+
+    ``build(commands)`` adds its parser to argparse's subparsers action and returns it (use :mod:`.options`);
+    ``prepare(sub, args)`` resolves its defaults after parsing and refuses what argparse cannot check, with
+    ``sub.error`` (exit status 2); ``run(args)`` runs it and returns the exit status.
+    """
+
+    build: Callable[[Any], argparse.ArgumentParser]
+    prepare: Callable[[argparse.ArgumentParser, argparse.Namespace], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: The subcommands, in the order ``--help`` lists them; the first is the default. Add one with :func:`register`.
+COMMANDS: Dict[str, Command] = {}
+
+
+def register(name: str, command: Command) -> None:
+    """Add the subcommand ``name`` (a new scenario module calls this from the registry at the end of this
+    module)."""
+    if name in COMMANDS:
+        raise ValueError(f"the subcommand {name!r} is already registered")
+    COMMANDS[name] = command
+
+
 #: Figures that do not apply to a contender without checkouts (``mux``): None in the JSON, "-" in the table.
 NO_CHECKOUT_FIGURES = ("checkouts", "wait_p50_ms", "wait_p99_ms", "wait_max_ms")
 #: The memory scenario parks at least this many greenlets, for a figure well above the RSS noise.
 MIN_MEMORY_WAITERS = 10_000
-
-
-# ---------------------------------------------------------------------- option types
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _list_of(convert: Callable[[str], Any], what: str) -> Callable[[str], List[Any]]:
-    """An argparse type: a comma-separated list of ``convert``'s values, sorted, without repeats."""
-
-    def parse(text: str) -> List[Any]:
-        items = [item.strip() for item in text.split(",")]
-        if not text.strip() or any(not item for item in items):
-            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {what}, got {text!r}")
-        values = []
-        for item in items:
-            try:
-                values.append(convert(item))
-            except argparse.ArgumentTypeError:
-                raise argparse.ArgumentTypeError(
-                    f"must be a comma-separated list of {what}, got {text!r} ({item!r})"
-                ) from None
-        return sorted(set(values))
-
-    return parse
-
-
-_int_list = _list_of(_positive_int, "positive integers")
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-_number_list = _list_of(_positive_number, "numbers > 0")
-
-
-def _name_list(text: str) -> List[str]:
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of pools, got {text!r}")
-    return list(dict.fromkeys(items))
-
-
-def _pool_list(known: Dict[str, Contender]) -> Callable[[str], List[str]]:
-    def parse(text: str) -> List[str]:
-        items = [item.strip() for item in text.split(",")]
-        if not text.strip() or any(not item for item in items):
-            raise argparse.ArgumentTypeError(f"must be a comma-separated list of pools, got {text!r}")
-        for item in items:
-            if item not in known:
-                raise argparse.ArgumentTypeError(f"unknown pool {item!r} (choose from {', '.join(known)})")
-        return list(dict.fromkeys(items))
-
-    return parse
-
-
-def _url(schemes: Sequence[str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        scheme = text.split("://", 1)[0] if "://" in text else ""
-        if scheme not in schemes:
-            shown = redact_url(text) if "://" in text else text
-            raise argparse.ArgumentTypeError(f"must be a {' or '.join(s + '://' for s in schemes)} URL, got {shown!r}")
-        return text
-
-    return parse
 
 
 EXAMPLES = """examples:
@@ -178,77 +127,7 @@ def program_name() -> str:
     return "python -m stress" if PACKAGE == "stress" else "greenpool-stress"
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-TARANTOOL_SCHEMES = ("tarantool",)
-
-
 # ---------------------------------------------------------------------- parser
-
-
-def _add_common(parser: argparse.ArgumentParser, default_max: str, duration_help: Optional[str] = None) -> None:
-    parser.add_argument(
-        "--greenlets",
-        type=_positive_int,
-        default=DEFAULT_GREENLETS,
-        help=f"greenlets running the operation in a loop (default {DEFAULT_GREENLETS})",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=_int_list,
-        default=_int_list(default_max),
-        metavar="N[,N...]",
-        help=f"pool sizes to run, comma-separated (default {default_max})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=DEFAULT_TIMEOUT,
-        help=f"checkout timeout in seconds (default {DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--duration",
-        type=_positive_seconds,
-        default=DEFAULT_DURATION,
-        help=duration_help or f"measured seconds per run (default {DEFAULT_DURATION:g})",
-    )
-    parser.add_argument(
-        "--value-size",
-        type=_positive_int,
-        default=None,
-        metavar="BYTES",
-        help="value size for get/set (default 100) and tuple payload for replace/select (default 1500)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=_positive_int,
-        default=DEFAULT_ROUNDS,
-        help=f"runs of every contender at every size, in alternating order; medians and the spread are reported "
-        f"(default {DEFAULT_ROUNDS})",
-    )
-    parser.add_argument("--json", metavar="FILE", help="write every figure, the versions and the core count here")
-    parser.add_argument(
-        "--plot",
-        metavar="FILE.png",
-        help="draw throughput, success and wait p50/p99 against max_connections (needs matplotlib)",
-    )
-    _add_progress(parser)
-
-
-def _add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress on stderr (by default: a live line on a terminal, plain lines on a pipe)",
-    )
-
-
-def _add_check(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help=f"exit with status {EXIT_MISSED} when {what} is missed (after the report)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,25 +140,31 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         prog=program_name(),
         description=(
             "Contention harness: many greenlets share few connections through greenpool and through "
-            "redis-py's pools, side by side. Without a command, runs 'redis' (options may follow)."
+            f"redis-py's pools, side by side. Without a command, runs '{next(iter(COMMANDS))}' (options may follow)."
         ),
         epilog=EXAMPLES.format(prog=program_name()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{redis,tarantool,tune,overload}")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    return parser, {name: command.build(commands) for name, command in COMMANDS.items()}
 
+
+# ---------------------------------------------------------------------- the subcommands' parsers
+
+
+def _build_redis(commands: Any) -> argparse.ArgumentParser:
     redis_cmd = commands.add_parser(
         "redis", help="compare the pools on Redis (the default)", description="Compare the pools on Redis."
     )
     redis_cmd.add_argument(
         "--url",
-        type=_url(REDIS_SCHEMES),
+        type=url(REDIS_SCHEMES),
         help="Redis server to use (default: start a private redis-server on a free loopback port)",
     )
     redis_cmd.add_argument("--op", choices=REDIS_OPS, default="ping", help="operation (default ping)")
     redis_cmd.add_argument(
         "--pools",
-        type=_pool_list(REDIS_CONTENDERS),
+        type=pool_list(REDIS_CONTENDERS),
         default=[name for name, contender in REDIS_CONTENDERS.items() if contender.default],
         metavar="NAME[,NAME...]",
         help="contenders (default: all): " + "; ".join(f"{c.name}: {c.help}" for c in REDIS_CONTENDERS.values()),
@@ -290,9 +175,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         action="store_false",
         help="skip the single-greenlet and memory-per-waiter scenarios",
     )
-    _add_common(redis_cmd, DEFAULT_MAX)
-    _add_check(redis_cmd, "a target")
+    add_common(redis_cmd, DEFAULT_MAX)
+    add_check(redis_cmd, "a target is missed")
+    return redis_cmd
 
+
+def _build_tarantool(commands: Any) -> argparse.ArgumentParser:
     tnt_cmd = commands.add_parser(
         "tarantool",
         help="compare greenpool's pool and mux with dedicated connections on Tarantool",
@@ -300,13 +188,13 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     tnt_cmd.add_argument(
         "--url",
-        type=_url(TARANTOOL_SCHEMES),
+        type=url(TARANTOOL_SCHEMES),
         help="tarantool://user:password@host:port (default: start a private tarantool on a free loopback port)",
     )
     tnt_cmd.add_argument("--op", choices=TARANTOOL_OPS, default="replace", help="operation (default replace)")
     tnt_cmd.add_argument(
         "--pools",
-        type=_pool_list(TARANTOOL_CONTENDERS),
+        type=pool_list(TARANTOOL_CONTENDERS),
         default=[name for name, contender in TARANTOOL_CONTENDERS.items() if contender.default],
         metavar="NAME[,NAME...]",
         help="contenders (default: all, asynctnt only when installed): "
@@ -314,7 +202,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     tnt_cmd.add_argument(
         "--shared-connections",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="sockets of the mux contender's TarantoolMux (shared_connections), whatever --max-connections says "
@@ -326,9 +214,12 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         action="store_false",
         help="accepted as for redis; tarantool runs no extra scenarios",
     )
-    _add_common(tnt_cmd, DEFAULT_MAX)
-    _add_check(tnt_cmd, "a target")
+    add_common(tnt_cmd, DEFAULT_MAX)
+    add_check(tnt_cmd, "a target is missed")
+    return tnt_cmd
 
+
+def _build_tune(commands: Any) -> argparse.ArgumentParser:
     tune_cmd = commands.add_parser(
         "tune",
         help="sweep max_connections with greenpool and recommend one",
@@ -346,7 +237,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     tune_cmd.add_argument(
         "--url",
-        type=_url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
+        type=url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
         help="server to use (default: start a private one on a free loopback port)",
     )
     tune_cmd.add_argument(
@@ -357,7 +248,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     tune_cmd.add_argument(
         "--deadline",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="recommend by goodput within this deadline instead: at each size, find the knee (the highest "
@@ -366,20 +257,23 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     tune_cmd.add_argument(
         "--commands",
-        type=_positive_int,
+        type=positive_int,
         default=OVERLOAD["commands"],
         metavar="K",
         help=f"with --deadline: commands per request (default {OVERLOAD['commands']})",
     )
-    _add_common(
+    add_common(
         tune_cmd,
         DEFAULT_TUNE_MAX,
         duration_help=f"measured seconds per run (default {DEFAULT_DURATION:g}; with --deadline, per knee probe: "
         f"{OVERLOAD['duration']:g})",
     )
-    _add_check(tune_cmd, "the rounds do not agree on a size (confidence low), or no size qualifies,")
-    tune_cmd.set_defaults(duration=None)  # resolved in parse_args, by --deadline
+    add_check(tune_cmd, "the rounds do not agree on the recommended size (confidence low)")
+    tune_cmd.set_defaults(duration=None)  # resolved by _prepare_tune, by --deadline
+    return tune_cmd
 
+
+def _build_overload(commands: Any) -> argparse.ArgumentParser:
     over = commands.add_parser(
         "overload",
         help="open loop: arrivals at multiples of the knee, requests of K commands under a deadline",
@@ -399,7 +293,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     over.add_argument(
         "--url",
-        type=_url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
+        type=url(REDIS_SCHEMES + TARANTOOL_SCHEMES),
         help="server to use (default: start a private one on a free loopback port)",
     )
     over.add_argument(
@@ -407,34 +301,34 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     over.add_argument(
         "--commands",
-        type=_positive_int,
+        type=positive_int,
         default=OVERLOAD["commands"],
         metavar="K",
         help=f"commands per request (default {OVERLOAD['commands']})",
     )
     over.add_argument(
         "--deadline",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=OVERLOAD["deadline"],
         metavar="SECONDS",
         help=f"each request's deadline, from its intended start (default {OVERLOAD['deadline']:g})",
     )
     over.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=positive_int,
         default=OVERLOAD["max_connections"],
         metavar="N",
         help=f"pool size (default {OVERLOAD['max_connections']}; the soak uses {SOAK['max_connections']})",
     )
     over.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=OVERLOAD["timeout"],
         help=f"checkout timeout in seconds (default {OVERLOAD['timeout']:g})",
     )
     over.add_argument(
         "--multiples",
-        type=_number_list,
+        type=number_list,
         default=list(OVERLOAD["multiples"]),
         metavar="X[,X...]",
         help="offered loads, as multiples of the knee (default "
@@ -443,26 +337,26 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     over.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"runs of every contender at every load; medians are reported (default {OVERLOAD['rounds']})",
     )
     over.add_argument(
         "--duration",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=None,
         help=f"seconds of arrivals per run and per knee probe (default {OVERLOAD['duration']:g})",
     )
     over.add_argument(
         "--knee",
-        type=_positive_number,
+        type=positive_number,
         default=None,
         metavar="REQ/S",
         help="skip the knee search and use this rate (the capacity is still measured)",
     )
     over.add_argument(
         "--pools",
-        type=_name_list,
+        type=name_list,
         default=None,
         metavar="NAME[,NAME...]",
         help="contenders (default: every one this greenpool offers): greenpool-<policy> per queue policy, "
@@ -470,7 +364,7 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
     )
     over.add_argument(
         "--value-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="BYTES",
         help="value size for get/set (default 100) and tuple payload for select/replace (default 1500)",
@@ -490,52 +384,18 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         help=f"{QUICK['rounds']} round, {QUICK['duration']:g} s runs, a {QUICK['soak_ops']}-command soak, no seed "
         "(--rounds and --duration still win)",
     )
-    _add_check(over, "a target")
+    add_check(over, "a target is missed")
     over.add_argument("--json", metavar="FILE", help="write every figure, the versions and the core count here")
     over.add_argument(
         "--plot", metavar="FILE.png", help="draw goodput, share in time and p99 against the load (needs matplotlib)"
     )
-    _add_progress(over)
-    return parser, {"redis": redis_cmd, "tarantool": tnt_cmd, "tune": tune_cmd, "overload": over}
-
-
-def _check_outputs(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse, before anything runs, a --json or --plot file that could not be written afterwards."""
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if not path:
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            sub.error(f"argument {option}: {path!r} is a directory, not a file")
-        if not os.path.isdir(folder):
-            sub.error(f"argument {option}: the directory {folder!r} does not exist")
-    if args.plot:
-        if not args.plot.lower().endswith(".png"):
-            sub.error(f"argument --plot: the file name must end in .png, got {args.plot!r}")
-        missing = report.matplotlib_missing()
-        if missing:
-            sub.error(f"argument --plot: {missing}")
-
-
-def _server_fits(sub: argparse.ArgumentParser, args: argparse.Namespace, kind: str) -> None:
-    """Refuse a --url of the other server than --server names."""
-    if args.url is not None:
-        scheme = args.url.split("://", 1)[0]
-        if (scheme == "tarantool") != (kind == "tarantool"):
-            sub.error(f"argument --url: a {scheme}:// URL does not fit --server {kind}")
-
-
-def _infer_server(args: argparse.Namespace) -> str:
-    """``--server``, else the server ``--url`` points at (tarantool:// or Redis), else Redis."""
-    if args.server is None:
-        scheme = (args.url or "").split("://", 1)[0]
-        args.server = "tarantool" if scheme == "tarantool" else "redis"
-    return str(args.server)
+    add_progress(over)
+    return over
 
 
 def _overload_args(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    kind = _infer_server(args)
-    _server_fits(sub, args, kind)
+    kind = infer_server(args)
+    server_fits(sub, args, kind)
     ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
     if args.op is None:
         args.op = OVERLOAD["op"][kind]
@@ -557,37 +417,50 @@ def _overload_args(sub: argparse.ArgumentParser, args: argparse.Namespace) -> No
     args.extras = False
 
 
+def _prepare_overload(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _overload_args(sub, args)
+    args.kind = args.server
+    _value_size(args)
+
+
+def _prepare_compare(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args.kind = args.command
+    if args.kind == "tarantool":
+        args.extras = False
+    _value_size(args)
+
+
+def _prepare_tune(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    kind = infer_server(args)
+    server_fits(sub, args, kind)
+    ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
+    if args.duration is None:
+        args.duration = OVERLOAD["duration"] if args.deadline else DEFAULT_DURATION
+    if args.op is None:
+        args.op = OVERLOAD["op"][kind] if args.deadline else ops[0]
+    elif args.op not in ops:
+        sub.error(f"argument --op: {args.op!r} is not a {kind} operation (choose from {', '.join(ops)})")
+    args.pools = ["greenpool"]
+    args.extras = False
+    args.kind = kind
+    _value_size(args)
+
+
+def _value_size(args: argparse.Namespace) -> None:
+    if args.value_size is None:
+        args.value_size = DEFAULT_VALUE_SIZE[args.kind]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); exits with status 2 on a bad option."""
     argv = list(argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        argv.insert(0, "redis")
+        argv.insert(0, next(iter(COMMANDS)))
     parser, subparsers = _build()
     args = parser.parse_args(argv)
     sub = subparsers[args.command]
-    if args.command == "overload":
-        _overload_args(sub, args)
-        kind = args.server
-    elif args.command == "tune":
-        kind = _infer_server(args)
-        _server_fits(sub, args, kind)
-        ops = REDIS_OPS if kind == "redis" else TARANTOOL_OPS
-        if args.duration is None:
-            args.duration = OVERLOAD["duration"] if args.deadline else DEFAULT_DURATION
-        if args.op is None:
-            args.op = OVERLOAD["op"][kind] if args.deadline else ops[0]
-        elif args.op not in ops:
-            sub.error(f"argument --op: {args.op!r} is not a {kind} operation (choose from {', '.join(ops)})")
-        args.pools = ["greenpool"]
-        args.extras = False
-    else:
-        kind = args.command
-        if kind == "tarantool":
-            args.extras = False
-    args.kind = kind
-    if args.value_size is None:
-        args.value_size = DEFAULT_VALUE_SIZE[kind]
-    _check_outputs(sub, args)
+    COMMANDS[args.command].prepare(sub, args)
+    check_outputs(sub, args)
     return args
 
 
@@ -824,25 +697,34 @@ def _compare(args: argparse.Namespace) -> int:
     return exit_status(args.check, goals)
 
 
+def _run_tune(args: argparse.Namespace) -> int:
+    unavailable = (REDIS_CONTENDERS if args.kind == "redis" else TARANTOOL_CONTENDERS)["greenpool"].unavailable()
+    if unavailable:
+        sys.stderr.write(f"tune needs greenpool: {unavailable}\n")
+        return 1
+    if args.deadline:
+        return overload.tune(args)
+    return _compare(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the harness with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "tune":
-        unavailable = (REDIS_CONTENDERS if args.kind == "redis" else TARANTOOL_CONTENDERS)["greenpool"].unavailable()
-        if unavailable:
-            sys.stderr.write(f"tune needs greenpool: {unavailable}\n")
-            return 1
     from .servers import ServerMissing
 
     try:
-        if args.command == "overload":
-            return overload.run(args)
-        if args.command == "tune" and args.deadline:
-            return overload.tune(args)
-        return _compare(args)
+        return COMMANDS[args.command].run(args)
     except ServerMissing as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+
+
+# ---------------------------------------------------------------------- the registry (add new scenarios here)
+
+register("redis", Command(_build_redis, _prepare_compare, _compare))
+register("tarantool", Command(_build_tarantool, _prepare_compare, _compare))
+register("tune", Command(_build_tune, _prepare_tune, _run_tune))
+register("overload", Command(_build_overload, _prepare_overload, overload.run))

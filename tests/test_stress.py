@@ -1273,3 +1273,35 @@ def test_installed_name_runs_the_harness_and_its_subprocesses(redis_server: Any,
     doc = json.loads(out.read_text())
     assert "error" not in doc["memory"], doc["memory"]
     assert [r["contender"] for r in doc["runs"]] == ["greenpool"]
+
+
+def test_a_new_subcommand_registers_with_its_parser_checks_and_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from stress import cli, options
+
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    seen: List[Any] = []
+
+    def build(commands: Any) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser("example", help="an example scenario")
+        options.add_common(sub, "2,4")
+        options.add_check(sub, "a target is missed")
+        return sub
+
+    def prepare(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.greenlets > 100:
+            sub.error("argument --greenlets: at most 100 here")
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append((args.max_connections, args.rounds, args.check))
+        return 7
+
+    cli.register("example", cli.Command(build, prepare, run))
+    assert cli.main(["example", "--greenlets", "10", "--check"]) == 7
+    assert seen == [([2, 4], 3, True)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["example", "--greenlets", "101"])
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="'example' is already registered"):
+        cli.register("example", cli.Command(build, prepare, run))
