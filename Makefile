@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian/Ubuntu packages the tests and the harness start (binary:package).
 SERVERS := redis-server:redis-server tarantool:tarantool openssl:openssl
 
-.PHONY: test test-loaded test-redis-versions stress faults lint servers venv clean
+.PHONY: test test-loaded test-redis-versions stress faults lint package servers venv clean
 
 test: venv servers
 	$(BIN)/python -m gevent.monkey --module pytest $(PYTEST_ARGS)
@@ -31,6 +31,10 @@ lint: venv
 	$(BIN)/ruff format --check greenpool tests stress
 	$(BIN)/mypy
 
+# Build the wheel and the sdist, install each into a clean venv, import greenpool, run the harness's --help.
+package: venv
+	timeout 300 .ci/check-package $(BIN)/python
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -54,4 +58,4 @@ servers:
 	fi
 
 clean:
-	rm -rf $(VENV) .venv-redis *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-redis *.egg-info .pytest_cache .mypy_cache .ruff_cache build dist

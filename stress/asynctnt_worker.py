@@ -1,7 +1,8 @@
 """The asynctnt contender: one asynctnt connection on uvloop shared by N coroutines, in a subprocess.
 
 asyncio and gevent's monkey-patching do not mix, so the coroutines run in a fresh interpreter
-(``python -m stress.asynctnt_worker``) that imports neither gevent nor greenpool. :func:`run` starts it,
+(``python -m stress.asynctnt_worker``; installed, ``greenpool.stress.asynctnt_worker``) that patches nothing
+and imports no greenpool pool (installed, the package's ``__init__`` imports gevent). :func:`run` starts it,
 hands it a :class:`Spec` as JSON on stdin (never on the command line: the spec holds the password), blocks
 until it exits and returns the figures it printed as one JSON line. The worker connects, starts the
 coroutines, waits until every one of them has started, lets them run ``warmup`` unmeasured seconds, then
@@ -10,7 +11,7 @@ own RSS and CPU time. The connection does not reconnect by itself: an unreachabl
 at once, a connection lost during the run shows as errors.
 
 Used by the main harness (the ``asynctnt`` contender of ``python -m stress tarantool``, see
-:mod:`stress.contenders`) and by :mod:`stress.bench_mux`. asynctnt and uvloop are optional
+:mod:`stress.contenders`, which runs every contender in rounds). asynctnt and uvloop are optional
 (``pip install 'greenpool[bench]'``): :func:`missing` tells without importing them, and :func:`run` raises
 :class:`AsynctntUnavailable` when they are missing or the worker cannot import them. Depends on the
 standard library (asynctnt and uvloop in the worker only).
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.util import find_spec
 from typing import Any, Dict, List, Optional
 
-from stress.figures import cpu_seconds, outcome, rss_bytes
+from .figures import PACKAGE, cpu_seconds, outcome, python_path, rss_bytes
 
 __all__ = ["INSTALL", "AsynctntUnavailable", "Spec", "WorkerFailed", "missing", "run"]
 
@@ -39,7 +40,6 @@ MODULES = ("asynctnt", "uvloop")
 EXIT_UNAVAILABLE = 3
 #: Seconds the worker may take beyond warm-up, measurement and one request timeout (start, connect, drain).
 SLACK_S = 60.0
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class WorkerFailed(RuntimeError):
@@ -99,14 +99,13 @@ def run(spec: Spec) -> Dict[str, Any]:
     if reason:
         raise AsynctntUnavailable(reason)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = python_path(env)
     limit = spec.warmup + spec.seconds + (spec.timeout or 0.0) + SLACK_S
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "stress.asynctnt_worker"],
+            [sys.executable, "-m", f"{PACKAGE}.asynctnt_worker"],
             input=json.dumps(asdict(spec)),
             env=env,
-            cwd=_ROOT,
             capture_output=True,
             text=True,
             timeout=limit,

@@ -31,13 +31,15 @@ lazily), gevent, the harness and :mod:`stress.asynctnt_worker` (standard library
 from __future__ import annotations
 
 import importlib
+import inspect
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urlparse
 
 from greenpool.errors import PoolError, PoolTimeout
-from stress import asynctnt_worker
-from stress.harness import CheckoutFailed, Progress, RunStats, Workload, clock, run_workload
+
+from . import asynctnt_worker
+from .harness import CheckoutFailed, Progress, RunStats, Workload, clock, run_workload
 
 __all__ = [
     "REDIS_CONTENDERS",
@@ -222,12 +224,17 @@ class Contender:
     ) -> Dict[str, Any]:
         """Run this contender once and return the figures :func:`stress.harness.run_workload` returns.
 
-        Blocks for the spawn, ``duration`` seconds of measurement and the drain (at most ``timeout + 10``
-        seconds). Raises :class:`ContenderUnavailable` when the contender turns out not to be able to run.
+        Every contender starts warm: ``max_connections`` operations (fewer with fewer greenlets) first run once
+        at the same time, unmeasured, so that the connections are open before the window. Blocks for that, the
+        spawn, ``duration`` seconds of measurement and the drain (at most ``timeout + 10`` seconds each). Raises
+        :class:`ContenderUnavailable` when the contender turns out not to be able to run.
         """
         stats = RunStats()
         workload = self.workload(target, max_connections, greenlets, timeout, stats)
-        return run_workload(workload, stats, duration, drain_timeout=timeout + 10.0, progress=progress, label=label)
+        warm = min(len(workload.ops), max_connections)
+        return run_workload(
+            workload, stats, duration, drain_timeout=timeout + 10.0, progress=progress, label=label, warm=warm
+        )
 
 
 def _import_error(module: str, attribute: str) -> Optional[str]:
@@ -469,7 +476,7 @@ class TarantoolCeiling(Contender):
 
 class MuxTarantool(Contender):
     name = "mux"
-    help = "one greenpool.TarantoolMux shared by every greenlet (no checkout; --mux-connections sockets)"
+    help = "one greenpool.TarantoolMux shared by every greenlet (no checkout; --shared-connections sockets)"
     has_checkout = False
 
     def __init__(self, connections: int = 1) -> None:
@@ -483,13 +490,17 @@ class MuxTarantool(Contender):
     ) -> Workload:
         from greenpool.tarantool_mux import MuxTimeout, TarantoolMux
 
+        # The vocabulary's names where this greenpool has them (shared_connections, socket_timeout for one
+        # reply), else the earlier ones (connections, timeout).
+        accepted = inspect.signature(TarantoolMux).parameters
+        sockets = "shared_connections" if "shared_connections" in accepted else "connections"
+        reply_wait = "socket_timeout" if "socket_timeout" in accepted else "timeout"
         mux = TarantoolMux(
             target.host,
             target.port,
             user=target.user,
             password=target.password,
-            connections=self.connections,
-            timeout=timeout,
+            **{sockets: self.connections, reply_wait: timeout},
         )
 
         def make_op(action: Callable[[Any], Any]) -> Callable[[], None]:
@@ -502,7 +513,12 @@ class MuxTarantool(Contender):
             return op
 
         ops = [make_op(target.action_for(i)) for i in range(greenlets)]
-        return Workload(ops, mux.close, lambda: int(mux.get_stats()["connects"]))
+
+        def opened() -> int:
+            stats = mux.get_stats()
+            return int(stats.get("mux_connects", stats.get("connects", 0)))
+
+        return Workload(ops, mux.close, opened)
 
 
 class AsynctntTarantool(Contender):
@@ -568,7 +584,7 @@ class AsynctntTarantool(Contender):
         figures["checkouts"] = None
         figures.update(dict.fromkeys(("wait_p50_ms", "wait_p99_ms", "wait_max_ms")))
         figures["connections_opened"] = 1
-        for key in ("rss_before_mb", "rss_peak_mb", "rss_growth_mb", "first_error"):
+        for key in ("rss_before_mb", "rss_peak_mb", "rss_growth_mb", "cpu_us_per_op", "first_error"):
             figures[key] = result[key]
         return figures
 

@@ -17,50 +17,64 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from stress.contenders import Contender, RedisCeiling, RedisTarget, alternate
-from stress.harness import RunStats, rss_bytes, run_workload
+from .contenders import Contender, RedisCeiling, RedisTarget, alternate
+from .figures import PACKAGE, python_path
+from .harness import Progress, RunStats, rss_bytes, run_workload
+from .rounds import median, median_ratio
 
 __all__ = ["memory_per_waiter", "probe_main", "single_greenlet"]
 
 #: Environment variable the memory probe reads the Redis URL from (never on its command line).
 URL_ENV = "GREENPOOL_STRESS_REDIS_URL"
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def single_greenlet(
-    target: RedisTarget, contenders: List[Contender], duration: float, timeout: float
+    target: RedisTarget,
+    contenders: List[Contender],
+    duration: float,
+    timeout: float,
+    rounds: int = 2,
+    progress: Optional[Progress] = None,
 ) -> Dict[str, Any]:
     """Run one greenlet through each pool and through one dedicated connection, in alternating order.
 
-    Each contender runs twice for ``duration / 2`` seconds (order A B C, then C B A, so drift affects them
-    alike). Returns ``{"dedicated_ok_per_s": ..., "pools": {name: {"ok_per_s": ..., "vs_dedicated": ...}}}``.
-    Blocks for about ``len(contenders) + 1`` times ``duration``.
+    Each contender runs once per round for ``duration / 2`` seconds (order A B C, then C B A, so drift affects
+    them alike), in ``max(rounds, 2)`` rounds. Returns ``{"dedicated_ok_per_s": ..., "pools": {name:
+    {"ok_per_s": ..., "vs_dedicated": ..., "vs_dedicated_per_round": [...]}}}``: medians over the rounds,
+    ``vs_dedicated`` the median of the per-round ratios. Blocks for about
+    ``rounds * (len(contenders) + 1) * duration / 2``.
     """
     dedicated = RedisCeiling()
     runners: Dict[str, Contender] = {"dedicated": dedicated}
     runners.update((c.name, c) for c in contenders if not isinstance(c, RedisCeiling))
-    totals = {name: [0, 0.0] for name in runners}
+    rates: Dict[str, List[float]] = {name: [] for name in runners}
     half = max(duration / 2.0, 0.2)
-    for round_index in range(2):
+    count = max(rounds, 2)
+    for round_index in range(count):
         for name in alternate(list(runners), round_index):
             stats = RunStats()
             # max_connections 1 for the dedicated connection; the pools may open as many as they like.
             size = 1 if name == "dedicated" else 10
             workload = runners[name].workload(target, size, 1, timeout, stats)
-            figures = run_workload(workload, stats, half, drain_timeout=timeout + 5.0)
-            totals[name][0] += figures["ok"]
-            totals[name][1] += figures["elapsed_s"]
-    rates = {name: (ok / elapsed if elapsed else 0.0) for name, (ok, elapsed) in totals.items()}
+            label = f"single greenlet, round {round_index + 1}/{count}: {name:<21}"
+            figures = run_workload(
+                workload, stats, half, drain_timeout=timeout + 5.0, progress=progress, label=label, warm=1
+            )
+            rates[name].append(figures["ok"] / figures["elapsed_s"] if figures["elapsed_s"] else 0.0)
     base = rates.pop("dedicated")
     return {
-        "duration_s": round(2 * half, 3),
-        "dedicated_ok_per_s": round(base, 1),
+        "duration_s": round(half, 3),
+        "rounds": count,
+        "dedicated_ok_per_s": round(median(base) or 0.0, 1),
         "pools": {
-            name: {"ok_per_s": round(rate, 1), "vs_dedicated": round(rate / base, 3) if base else None}
-            for name, rate in rates.items()
+            name: {
+                "ok_per_s": round(median(mine) or 0.0, 1),
+                "vs_dedicated": median_ratio(zip(mine, base)),
+                "vs_dedicated_per_round": [round(a / b, 3) if b else None for a, b in zip(mine, base)],
+            }
+            for name, mine in rates.items()
         },
     }
 
@@ -91,15 +105,14 @@ def memory_per_waiter(url: str, waiters: int, timeout: float = 60.0) -> Dict[str
 
 def _probe(url: str, mode: str, waiters: int, timeout: float) -> Union[float, str]:
     """Run one probe process; return the RSS growth in bytes, or an error message."""
-    code = "from gevent import monkey; monkey.patch_all(); from stress.extras import probe_main; probe_main()"
+    code = f"from gevent import monkey; monkey.patch_all(); from {PACKAGE}.extras import probe_main; probe_main()"
     env = dict(os.environ)
     env[URL_ENV] = url
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = python_path(env)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code, mode, str(waiters)],
             env=env,
-            cwd=str(_ROOT),
             capture_output=True,
             text=True,
             timeout=timeout,

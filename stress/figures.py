@@ -11,7 +11,21 @@ import resource
 import sys
 from typing import Any, Dict, Optional
 
-__all__ = ["cpu_seconds", "outcome", "rss_bytes", "run_queue_seconds"]
+__all__ = ["PACKAGE", "cpu_seconds", "outcome", "python_path", "rss_bytes", "run_queue_seconds"]
+
+#: The harness's package name: ``stress`` in a checkout, ``greenpool.stress`` when installed. Subprocesses run
+#: its modules as ``python -m {PACKAGE}.<module>``.
+PACKAGE = __package__ or "stress"
+
+
+def python_path(environ: Dict[str, str]) -> str:
+    """A ``PYTHONPATH`` for a subprocess that imports :data:`PACKAGE`: the directory that holds its top-level
+    package (the checkout, or site-packages) ahead of ``environ``'s own."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    for _ in PACKAGE.split("."):
+        root = os.path.dirname(root)
+    return os.pathsep.join(p for p in (root, environ.get("PYTHONPATH", "")) if p)
+
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

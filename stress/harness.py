@@ -22,7 +22,8 @@ import gevent
 from gevent.event import Event
 
 from greenpool.stats import percentile
-from stress.figures import outcome, rss_bytes
+
+from .figures import cpu_seconds, outcome, rss_bytes
 
 __all__ = ["CheckoutFailed", "Progress", "RunStats", "Workload", "rss_bytes", "run_workload", "summarize_waits"]
 
@@ -46,6 +47,12 @@ class RunStats:
         self.first_error: Optional[str] = None
         self.waits: array[float] = array("d")
 
+    def reset(self) -> None:
+        """Forget everything counted so far (after the unmeasured warm-up)."""
+        self.ok = self.failed = self.errors = 0
+        self.first_error = None
+        del self.waits[:]
+
 
 class Workload:
     """What one run drives.
@@ -67,33 +74,82 @@ class Workload:
 
 
 class Progress:
-    """A live one-line progress display on a stream (stderr), redrawn in place."""
+    """Progress of a long run on a stream (stderr).
 
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
+    On a terminal, one line redrawn in place (``\\r``). Anywhere else (a pipe, a file) plain lines: at most one
+    every ``interval`` seconds, plus the last state of each task when it ends (:meth:`done`), so that ``make
+    stress | tee`` shows where the run is without a line longer than the text. Disabled, it writes nothing.
+    """
+
+    def __init__(self, stream: TextIO, enabled: bool = True, interval: float = 5.0) -> None:
         self.stream = stream
         self.enabled = enabled
-        self._tty = enabled and stream.isatty()
+        self.interval = interval
+        try:
+            self._tty = enabled and stream.isatty()
+        except (AttributeError, ValueError):
+            self._tty = False
         self._width = 0
+        self._pending: Optional[str] = None
+        self._last_line = float("-inf")
 
     def show(self, text: str) -> None:
-        """Replace the current line with ``text``."""
+        """The current state of the task: redrawn on a terminal, written as a line on a pipe at most every
+        ``interval`` seconds (the latest state is kept for :meth:`done`)."""
         if not self.enabled:
             return
-        pad = max(0, self._width - len(text))
-        self.stream.write("\r" + text + " " * pad)
+        if self._tty:
+            pad = max(0, self._width - len(text))
+            self.stream.write("\r" + text + " " * pad)
+            self._width = len(text)
+        else:
+            now = clock()
+            if now - self._last_line < self.interval:
+                self._pending = text
+                return
+            self._last_line = now
+            self._pending = None
+            self.stream.write(text + "\n")
         self.stream.flush()
-        self._width = len(text)
+
+    def line(self, text: str) -> None:
+        """One line that stays (a phase starting), on a terminal and on a pipe alike."""
+        if not self.enabled:
+            return
+        self.done()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self._last_line = clock()
 
     def done(self) -> None:
-        """End the progress line (erase it on a terminal, keep it otherwise)."""
-        if not self.enabled or not self._width:
+        """End the task: erase the line on a terminal; on a pipe, write its last state if not written yet."""
+        if not self.enabled:
             return
         if self._tty:
-            self.stream.write("\r" + " " * self._width + "\r")
+            if self._width:
+                self.stream.write("\r" + " " * self._width + "\r")
+                self._width = 0
+        elif self._pending is not None:
+            self.stream.write(self._pending + "\n")
+            self._pending = None
+            self._last_line = clock()
         else:
-            self.stream.write("\n")
+            return
         self.stream.flush()
-        self._width = 0
+
+
+def _warm_up(ops: List[Callable[[], Any]], timeout: float) -> None:
+    """Run each of ``ops`` once, all at the same time; errors are left for the measured window to show."""
+
+    def call(op: Callable[[], Any]) -> None:
+        try:
+            op()
+        except Exception:  # the window counts and reports the same failure
+            pass
+
+    greenlets = [gevent.spawn(call, op) for op in ops]
+    gevent.joinall(greenlets, timeout=timeout)
+    gevent.killall([g for g in greenlets if not g.dead], block=True, timeout=5.0)
 
 
 def summarize_waits(waits: Any) -> Dict[str, float]:
@@ -122,15 +178,19 @@ def run_workload(
     drain_timeout: float,
     progress: Optional[Progress] = None,
     label: str = "",
+    warm: int = 0,
 ) -> Dict[str, Any]:
     """Run ``workload`` for ``duration`` seconds of measured time and return the window's figures.
 
-    Blocks for the spawn, the window, and the drain: after the window closes, the workers finish the
-    operation they are in (a checkout may wait up to the pool's timeout); any still running after
-    ``drain_timeout`` seconds is killed. ``workload.close()`` is always called. The returned dict holds
-    ``greenlets``, ``elapsed_s``, ``ok``, ``ok_per_s``, ``failed``, ``errors``, ``success_pct``,
-    ``checkouts``, ``wait_p50_ms``/``wait_p99_ms``/``wait_max_ms`` (all checkouts of the window, failed ones
-    included), ``connections_opened``, ``rss_before_mb``, ``rss_peak_mb``, ``rss_growth_mb`` and
+    With ``warm``, the first ``warm`` operations first run once each, at the same time and unmeasured, so that
+    the connections they need are open before the window (every contender starts warm; a failure there shows
+    in the window). Blocks for the warm-up (at most ``drain_timeout``), the spawn, the window, and the drain:
+    after the window closes, the workers finish the operation they are in (a checkout may wait up to the
+    pool's timeout); any still running after ``drain_timeout`` seconds is killed. ``workload.close()`` is
+    always called. The returned dict holds ``greenlets``, ``elapsed_s``, ``ok``, ``ok_per_s``, ``failed``,
+    ``errors``, ``success_pct``, ``checkouts``, ``wait_p50_ms``/``wait_p99_ms``/``wait_max_ms`` (all checkouts
+    of the window, failed ones included), ``connections_opened``, ``rss_before_mb``, ``rss_peak_mb``,
+    ``rss_growth_mb``, ``cpu_us_per_op`` (this process's CPU time in the window per completed operation) and
     ``first_error`` (the first operation error other than a failed checkout, or ``None``).
     """
     ops = workload.ops
@@ -157,14 +217,18 @@ def run_workload(
             else:
                 stats.ok += 1
 
-    gc.collect()
-    rss_before = rss_bytes()
     workers: List[gevent.Greenlet] = []
     try:
+        if warm:
+            _warm_up(ops[:warm], drain_timeout)
+            stats.reset()
+        gc.collect()
+        rss_before = rss_bytes()
         workers = [gevent.spawn(worker, op) for op in ops]
         all_ready.wait()
         rss_peak = rss_bytes()
         started = clock()
+        cpu_started = cpu_seconds()
         deadline = started + duration
         start.set()
         while True:
@@ -182,6 +246,7 @@ def run_workload(
                 )
         state.running = False
         elapsed = clock() - started
+        cpu = cpu_seconds() - cpu_started
         ok, failed, errors, checkouts = stats.ok, stats.failed, stats.errors, len(stats.waits)
         rss_peak = max(rss_peak, rss_bytes())
         gevent.joinall(workers, timeout=drain_timeout)
@@ -201,5 +266,6 @@ def run_workload(
     figures["rss_before_mb"] = round(rss_before / mib, 1)
     figures["rss_peak_mb"] = round(rss_peak / mib, 1)
     figures["rss_growth_mb"] = round(max(0, rss_peak - rss_before) / mib, 1)
+    figures["cpu_us_per_op"] = round(cpu * 1e6 / ok, 1) if ok else None
     figures["first_error"] = stats.first_error
     return figures

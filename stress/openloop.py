@@ -34,8 +34,9 @@ from gevent import Timeout
 from greenlet import GreenletExit
 
 from greenpool.stats import percentile
-from stress.figures import cpu_seconds, run_queue_seconds
-from stress.harness import Progress, RunStats, Workload, clock, run_workload
+
+from .figures import cpu_seconds, run_queue_seconds
+from .harness import Progress, RunStats, Workload, clock, run_workload
 
 __all__ = [
     "DRAIN_S",

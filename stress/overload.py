@@ -34,20 +34,20 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from stress import overload_report as report
-from stress import session
-from stress.contenders import alternate
-from stress.harness import Progress
-from stress.openloop import closed_loop, open_loop, soak
-from stress.overload_contenders import (
+from . import overload_report as report
+from . import session
+from .contenders import alternate
+from .harness import Progress
+from .openloop import closed_loop, open_loop, soak
+from .overload_contenders import (
     BASELINES,
     OverloadContender,
     RedisData,
     TarantoolData,
     contenders_for,
 )
-from stress.report import print_lines, write_json
-from stress.rounds import exit_status, median, missed, summary
+from .report import print_lines, write_json
+from .rounds import exit_status, median, missed, summary
 
 __all__ = ["DEFAULTS", "QUICK", "SEED", "SOAK", "run", "tune"]
 
@@ -274,8 +274,8 @@ def run_soak(
 
 def run_seed(url: str, policy: str, rounds: int, progress: Progress) -> List[Dict[str, Any]]:
     """The seed's closed loop with ``policy`` and with ``fifo``, once per round, in alternating order."""
-    from stress.contenders import RedisTarget
-    from stress.overload_contenders import SeedPolicy
+    from .contenders import RedisTarget
+    from .overload_contenders import SeedPolicy
 
     target = RedisTarget(url, "ping")
     contenders = {f"greenpool-{p}": SeedPolicy(p) for p in (policy, "fifo")}
@@ -372,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
     if not contenders:
         _stderr("no contender can run")
         return 1
-    progress = Progress(sys.stderr, sys.stderr.isatty() or args.progress)
+    progress = Progress(sys.stderr, args.progress)
     started = session.now()
     capacity: Optional[Dict[str, Any]] = None
     knee: Optional[Dict[str, Any]] = None
@@ -511,7 +511,7 @@ def tune(args: argparse.Namespace) -> int:
     """``tune --deadline``: the knee of the default greenpool contender at each ``--max-connections``; recommend
     the smallest size whose knee is within 5 % of the best. Exit status 1 when no size has a knee."""
     _, default, found = contenders_for(args.kind)
-    progress = Progress(sys.stderr, sys.stderr.isatty() or args.progress)
+    progress = Progress(sys.stderr, args.progress)
     started = session.now()
     sizes: List[Dict[str, Any]] = []
     with session.server(args.kind, args.url) as server:
@@ -527,7 +527,7 @@ def tune(args: argparse.Namespace) -> int:
             f"{versions['server']} at {server['where']}; {os.cpu_count()} cores",
         )
         for size in args.max_connections:
-            capacity = measure_capacity(default, data, args, 1, progress, size)
+            capacity = measure_capacity(default, data, args, args.rounds, progress, size)
             knee = measure_knee(default, data, args, capacity["median_req_per_s"], progress, size)
             sizes.append(
                 {

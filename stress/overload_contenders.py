@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import gevent
 
-from stress.contenders import (
+from .contenders import (
     KEYS,
     GreenpoolRedis,
     GreenpoolRedisMux,
@@ -43,7 +43,7 @@ from stress.contenders import (
     RedisTarget,
     TarantoolTarget,
 )
-from stress.openloop import Client
+from .openloop import Client
 
 __all__ = [
     "BASELINES",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from stress.rounds import format_targets, median, median_ratio, summary, target
+from .rounds import format_targets, median, median_ratio, summary, target
 
 __all__ = [
     "TARGETS",

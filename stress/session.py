@@ -16,7 +16,7 @@ import platform
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from stress.contenders import redact_url
+from .contenders import redact_url
 
 __all__ = ["cpu_share", "load_average", "machine", "now", "server", "versions"]
 
@@ -28,7 +28,7 @@ def server(kind: str, url: Optional[str]) -> Iterator[Dict[str, str]]:
     if url:
         yield {"url": url, "where": redact_url(url)}
         return
-    from stress.servers import RedisServer, TarantoolServer
+    from .servers import RedisServer, TarantoolServer
 
     launched: Any = RedisServer() if kind == "redis" else TarantoolServer()
     with launched:
@@ -81,7 +81,7 @@ def load_average() -> Optional[List[float]]:
 def cpu_share(seconds: float = 0.3) -> float:
     """The share of one core (percent) this process got while it spun for ``seconds``: about 100 on an idle
     box, less when other processes compete for the cores. Blocks (without yielding) for ``seconds``."""
-    from stress.figures import cpu_seconds
+    from .figures import cpu_seconds
 
     started, cpu = time.perf_counter(), cpu_seconds()
     while time.perf_counter() - started < seconds:

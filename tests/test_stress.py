@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,14 @@ from typing import Any, Collection, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from stress import asynctnt_worker, report
-from stress.bench_mux import Result, median_ratio
 from stress.cli import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
-SHORT = ["--greenlets", "200", "--max-connections", "2,5", "--duration", "1"]
+SHORT = ["--greenlets", "200", "--max-connections", "2,5", "--duration", "1", "--rounds", "1"]
 RUN_FIGURES = {
     "contender",
     "max_connections",
+    "rounds",
     "order",
     "greenlets",
     "elapsed_s",
@@ -50,6 +51,9 @@ RUN_FIGURES = {
     "first_error",
     "vs_ceiling",
     "vs_redis_blocking",
+    "ok_per_s_min",
+    "ok_per_s_max",
+    "ok_per_s_spread_pct",
 }
 VERSIONS = {"python", "gevent", "greenlet", "greenpool", "redis-py", "hiredis", "tarantool-python", "server"}
 HINT = "pip install 'greenpool[bench]'"
@@ -158,8 +162,10 @@ def test_redis_run_has_every_contender_and_figure(redis_report: Tuple[Any, Dict[
     assert (scenario["timeout_s"], scenario["duration_s"]) == (1.0, 1.0)
     for name in contenders:
         assert name in proc.stdout
-    # Not a tty and no --progress: no progress line.
-    assert "ok/s" not in proc.stderr
+    # Not a tty: plain progress lines, never redrawn in place.
+    assert "\r" not in proc.stderr and "ok/s" in proc.stderr
+    assert all(len(line) < 200 for line in proc.stderr.splitlines())
+    assert "single greenlet" in proc.stderr and "memory per waiting greenlet" in proc.stderr
 
 
 def test_redis_run_has_the_extra_scenarios_and_targets(redis_report: Tuple[Any, Dict[str, Any]]) -> None:
@@ -169,7 +175,9 @@ def test_redis_run_has_the_extra_scenarios_and_targets(redis_report: Tuple[Any, 
     assert set(single["pools"]) == {"greenpool", "redis-blocking", "redis-blocking-gevent", "mux"}
     for fig in single["pools"].values():
         assert fig["ok_per_s"] > 0
-        assert fig["vs_dedicated"] == pytest.approx(fig["ok_per_s"] / single["dedicated_ok_per_s"], abs=2e-3)
+        # At least two rounds (one per order); the ratio is the median of the per-round ratios.
+        assert len(fig["vs_dedicated_per_round"]) == single["rounds"] >= 2
+        assert fig["vs_dedicated"] == pytest.approx(statistics.median(fig["vs_dedicated_per_round"]), abs=2e-3)
     memory = doc["memory"]
     assert "error" not in memory, memory
     assert memory["waiters"] >= 200
@@ -206,7 +214,7 @@ def check_mux(doc: Dict[str, Any], stdout: str, sizes: List[int]) -> None:
     """The mux runs: 100 % success within the 1 s timeout, its ratios to greenpool (and asynctnt when it ran)
     in the JSON, the table and the targets."""
     by_key = {(r["contender"], r["max_connections"]): r for r in doc["runs"]}
-    assert doc["scenario"]["mux_connections"] == 1
+    assert doc["scenario"]["shared_connections"] == 1
     assert [r["max_connections"] for r in doc["ratios"]] == sizes
     for ratio in doc["ratios"]:
         size = ratio["max_connections"]
@@ -231,7 +239,7 @@ def check_mux(doc: Dict[str, Any], stdout: str, sizes: List[int]) -> None:
     assert len(mux_rows) == len(sizes)
     for row in mux_rows:
         # wait p50, p99 and max are "-"; conns is 1; /greenpool (and /asynctnt) are ratios.
-        assert row[6:9] == ["-", "-", "-"] and row[9] == "1", row
+        assert row[7:10] == ["-", "-", "-"] and row[10] == "1", row
         assert all(cell.endswith("x") for cell in row[-ratio_columns:]), row
     for line in table:
         if line.split()[1:2] in (["greenpool"], ["ceiling"], ["asynctnt"]):
@@ -252,7 +260,7 @@ def check_mux(doc: Dict[str, Any], stdout: str, sizes: List[int]) -> None:
 
 def test_tarantool_run(tarantool_server: Any, tmp_path: Path) -> None:
     # asynctnt runs by default where it is installed (in a subprocess), side by side with the others.
-    proc, doc = run_json(tmp_path, "tarantool", "--url", tarantool_server.url, "--progress", *SHORT)
+    proc, doc = run_json(tmp_path, "tarantool", "--url", tarantool_server.url, *SHORT)
     expected = ["greenpool", "mux", "ceiling"] + (["asynctnt"] if HAVE_ASYNCTNT else [])
     if importlib.util.find_spec("greenpool.tarantool") is None:
         assert "greenpool" in doc["skipped"] and "skipping greenpool" in proc.stderr
@@ -268,7 +276,7 @@ def test_tarantool_run(tarantool_server: Any, tmp_path: Path) -> None:
     check_environment(doc, "tarantool")
     assert doc["scenario"]["op"] == "replace" and doc["scenario"]["value_size"] == 1500
     assert doc["single_greenlet"] is None and doc["memory"] is None
-    assert "ok/s" in proc.stderr  # --progress draws the live line even without a tty
+    assert "ok/s" in proc.stderr and "\r" not in proc.stderr  # plain progress lines on a pipe
     password = getattr(tarantool_server, "password", None)
     if password:
         for text in (proc.stdout, proc.stderr, json.dumps(doc)):
@@ -277,14 +285,44 @@ def test_tarantool_run(tarantool_server: Any, tmp_path: Path) -> None:
 
 def test_tune_recommends_a_size(tmp_path: Path) -> None:
     # No --url: the harness starts a private redis-server and stops it afterwards.
-    proc, doc = run_json(tmp_path, "tune", "--greenlets", "200", "--max-connections", "2,5", "--duration", "1")
-    assert [r["contender"] for r in doc["runs"]] == ["greenpool", "greenpool"]
-    assert [r["max_connections"] for r in doc["runs"]] == [2, 5]
+    proc, doc = run_json(
+        tmp_path, "tune", "--greenlets", "200", "--max-connections", "2,5", "--duration", "0.5", "--rounds", "2"
+    )
+    # One row per size (the medians), every run of every round beside them.
+    assert [(r["contender"], r["max_connections"], r["rounds"]) for r in doc["runs"]] == [
+        ("greenpool", 2, 2),
+        ("greenpool", 5, 2),
+    ]
+    assert sorted((r["round"], r["max_connections"]) for r in doc["rounds"]) == [(1, 2), (1, 5), (2, 2), (2, 5)]
+    for row in doc["runs"]:
+        rates = [r["ok_per_s"] for r in doc["rounds"] if r["max_connections"] == row["max_connections"]]
+        assert row["ok_per_s"] == pytest.approx(sum(rates) / 2, abs=0.1)
+        assert (row["ok_per_s_min"], row["ok_per_s_max"]) == (min(rates), max(rates))
     tune = doc["tune"]
     assert tune["max_connections"] in (2, 5), tune
-    assert f"Recommended: max_connections={tune['max_connections']}" in proc.stdout
+    assert tune["confidence"] in ("high", "medium", "low") and tune["rounds"] == 2
+    assert f"Recommended: max_connections={tune['max_connections']} (confidence {tune['confidence']})" in proc.stdout
     assert sum(line.startswith("max_connections=") for line in tune["why"]) == 2
+    assert any(line.startswith("Confidence: ") for line in tune["why"])
     assert "(private, stopped afterwards)" in proc.stdout
+    [goal] = doc["targets"]
+    assert goal["status"] == ("PASS" if tune["confidence"] in ("high", "medium") else "MISS")
+
+
+def test_tune_check_exits_3_when_one_round_cannot_vouch_for_its_pick(redis_server: Any, tmp_path: Path) -> None:
+    args = ["tune", "--url", redis_server.url, "--greenlets", "50", "--max-connections", "1,2", "--duration", "0.3"]
+    proc = run_stress(*args, "--rounds", "1", "--check")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "(confidence low)" in proc.stdout and "one round cannot show its own noise" in proc.stdout
+    assert "MISS  rounds that pick the recommended size alone" in proc.stdout
+    # The same run without --check reports the same and exits 0.
+    assert run_stress(*args, "--rounds", "1").returncode == 0
+
+
+def test_tune_infers_the_server_from_the_url(tarantool_server: Any) -> None:
+    args = parse_args(["tune", "--url", tarantool_server.url])
+    assert (args.server, args.kind, args.op) == ("tarantool", "tarantool", "replace")
+    assert parse_args(["tune"]).server == "redis"
 
 
 def test_defaults_are_the_documented_scenario() -> None:
@@ -296,20 +334,24 @@ def test_defaults_are_the_documented_scenario() -> None:
     tune = parse_args(["tune"])
     assert tune.max_connections == [1, 2, 5, 10, 20, 50, 100] and tune.pools == ["greenpool"]
     tarantool = parse_args(["tarantool"])
-    assert tarantool.value_size == 1500 and tarantool.mux_connections == 1
+    assert tarantool.value_size == 1500 and tarantool.shared_connections == 1
+    assert args.rounds == tune.rounds == tarantool.rounds == 3 and not args.check and args.progress
     assert tarantool.pools == ["greenpool", "mux", "ceiling"] + (["asynctnt"] if HAVE_ASYNCTNT else [])
-    assert parse_args(["tarantool", "--mux-connections", "3"]).mux_connections == 3
+    assert parse_args(["tarantool", "--shared-connections", "3"]).shared_connections == 3
 
 
 def test_redis_mux_contender_runs_alone_with_greenpool(redis_server: Any, tmp_path: Path) -> None:
     url = f"redis://{redis_server.host}:{redis_server.port}/0"
-    args = ("redis", "--url", url, "--greenlets", "200", "--max-connections", "2", "--duration", "1")
+    args = ("redis", "--url", url, "--greenlets", "200", "--max-connections", "2", "--duration", "1", "--rounds", "2")
     _, doc = run_json(tmp_path, *args, "--pools", "greenpool,mux", "--no-extras")
     by_name = {run["contender"]: run for run in doc["runs"]}
     assert set(by_name) == {"greenpool", "mux"}
     mux = by_name["mux"]
     assert mux["ok"] > 0 and mux["success_pct"] == 100.0
-    assert mux["vs_greenpool"] == pytest.approx(mux["ok_per_s"] / by_name["greenpool"]["ok_per_s"], abs=1e-3)
+    # Two rounds: the ratio is the median of the two per-round ratios (each measured in one round).
+    rounds = {(r["contender"], r["round"]): r["ok_per_s"] for r in doc["rounds"]}
+    per_round = [rounds[("mux", n)] / rounds[("greenpool", n)] for n in (1, 2)]
+    assert mux["rounds"] == 2 and mux["vs_greenpool"] == pytest.approx(statistics.median(per_round), abs=1e-3)
 
 
 def _spec_missing(absent: Collection[str]) -> Any:
@@ -479,16 +521,129 @@ def test_tarantool_mux_targets_report_the_lowest_ratio() -> None:
     assert not any(t["name"].startswith("mux") for t in report.targets(no_mux, 5000, kind="tarantool"))
 
 
-def test_bench_mux_ratios_are_medians_of_per_round_ratios() -> None:
-    def rnd(mux: float, pool: float) -> Dict[str, Result]:
-        return {"mux": Result("mux", 10, mux, 1.0), "pool": Result("pool", 10, pool, 1.0)}
+def _round_run(name: str, size: int, rnd: int, order: int, ok_per_s: float, failed: int = 0) -> Dict[str, Any]:
+    return {
+        "contender": name,
+        "max_connections": size,
+        "round": rnd,
+        "order": order,
+        "greenlets": 100,
+        "elapsed_s": 1.0,
+        "ok": int(ok_per_s),
+        "ok_per_s": ok_per_s,
+        "failed": failed,
+        "errors": 0,
+        "success_pct": 100.0 if not failed else 90.0,
+        "checkouts": int(ok_per_s),
+        "wait_p50_ms": 1.0,
+        "wait_p99_ms": 2.0 + rnd,
+        "wait_max_ms": 9.0,
+        "connections_opened": size,
+        "rss_before_mb": 50.0,
+        "rss_peak_mb": 51.0,
+        "rss_growth_mb": 1.0,
+        "first_error": None,
+    }
 
-    # Per round: 1.0x, 4.0x, 2.0x: the median is 2.0x; best against best would say 100 / 25 = 4.0x.
-    rounds = [rnd(50.0, 50.0), rnd(100.0, 25.0), rnd(60.0, 30.0)]
-    assert median_ratio(rounds, "mux", "pool") == 2.0
-    assert median_ratio(rounds, "mux", "asynctnt") is None
-    rounds.append({"mux": Result("mux", 10, 80.0, 1.0)})  # the pool did not run in that round: left out
-    assert median_ratio(rounds, "mux", "pool") == 2.0
+
+def test_rows_are_medians_over_rounds_and_ratios_medians_of_per_round_ratios() -> None:
+    # Per round greenpool / ceiling: 1.0x, 4.0x, 2.0x: the median is 2.0x; a ratio of medians would say 60/50.
+    pairs = [(50.0, 50.0), (100.0, 25.0), (60.0, 30.0)]
+    runs = []
+    for rnd, (ours, ceiling) in enumerate(pairs, 1):
+        runs.append(_round_run("greenpool", 10, rnd, len(runs) + 1, ours, failed=1 if rnd == 2 else 0))
+        runs.append(_round_run("ceiling", 10, rnd, len(runs) + 1, ceiling))
+    rows = {r["contender"]: r for r in report.median_rows(runs)}
+    ours = rows["greenpool"]
+    assert ours["vs_ceiling"] == 2.0 and rows["ceiling"]["vs_ceiling"] == 1.0
+    assert ours["ok_per_s"] == 60.0 and (ours["ok_per_s_min"], ours["ok_per_s_max"]) == (50.0, 100.0)
+    assert ours["ok_per_s_spread_pct"] == pytest.approx(100.0 * 25.0 / 60.0, abs=0.1)
+    assert ours["failed"] == 1 and ours["rounds"] == 3 and ours["wait_p99_ms"] == 4.0
+    assert report.ratio_table(list(rows.values()))[0]["greenpool_vs_ceiling"] == 2.0
+    # A failed checkout in any round disqualifies the size, whatever the medians say.
+    assert report.targets(list(rows.values()), 100)[0]["status"] == "MISS"
+
+
+def test_tune_says_how_sure_it_is() -> None:
+    def rounds_of(rates: Dict[int, List[float]]) -> List[Dict[str, Any]]:
+        runs = []
+        for size, values in rates.items():
+            for rnd, value in enumerate(values, 1):
+                runs.append(_round_run("greenpool", size, rnd, len(runs) + 1, value))
+        return runs
+
+    def tune(rates: Dict[int, List[float]]) -> Dict[str, Any]:
+        runs = rounds_of(rates)
+        count = len(next(iter(rates.values())))
+        per_round = [[r for r in runs if r["round"] == index + 1] for index in range(count)]
+        return report.recommend(report.median_rows(runs), 1.0, per_round)
+
+    steady = tune({1: [50.0, 51.0, 50.0], 5: [100.0, 101.0, 100.0], 10: [100.0, 100.0, 101.0]})
+    assert (steady["max_connections"], steady["confidence"], steady["warnings"]) == (5, "high", [])
+    assert steady["agreeing_rounds"] == 3 and report.tune_targets(steady)[0]["status"] == "PASS"
+    # Most rounds pick 10, one picks 5, and 5 varies by more than the 5 % margin: medium, with a warning.
+    mostly = tune({1: [50.0, 50.0, 50.0], 5: [80.0, 70.0, 96.0], 10: [100.0, 100.0, 100.0]})
+    assert mostly["max_connections"] == 10 and mostly["confidence"] == "medium"
+    assert mostly["per_round"] == [10, 10, 5]
+    assert any("more than the 5 % margin" in w for w in mostly["warnings"])
+    # 5's range over the rounds overlaps 10's: the rounds cannot tell them apart, the fewer connections win,
+    # and since the rounds alone disagree, confidence is low.
+    noisy = tune({1: [50.0, 50.0, 50.0], 5: [100.0, 60.0, 70.0], 10: [90.0, 100.0, 100.0]})
+    assert noisy["max_connections"] == 5 and noisy["confidence"] == "low"
+    assert noisy["per_round"] == [5, 10, 10]
+    assert any("cannot tell it from the best" in line for line in noisy["why"])
+    split = tune({5: [100.0, 60.0], 10: [90.0, 100.0]})
+    assert split["confidence"] == "low" and report.tune_targets(split)[0]["status"] == "MISS"
+    single = tune({5: [100.0], 10: [100.0]})
+    assert single["confidence"] == "low" and "one round cannot show its own noise" in single["why"][-1]
+
+
+def test_progress_on_a_pipe_is_plain_lines() -> None:
+    import io
+
+    from stress.harness import Progress
+
+    out = io.StringIO()
+    progress = Progress(out, interval=3600.0)
+    progress.show("run 1  0.1 s")  # the first state of a run is written at once
+    progress.show("run 1  0.2 s")  # then at most one line per interval; the last is kept for done()
+    progress.show("run 1  1.0 s")
+    progress.done()
+    progress.line("memory per waiting greenlet")
+    progress.done()  # nothing pending: nothing written
+    assert out.getvalue() == "run 1  0.1 s\nrun 1  1.0 s\nmemory per waiting greenlet\n"
+    quiet = io.StringIO()
+    off = Progress(quiet, enabled=False)
+    off.show("x")
+    off.line("y")
+    off.done()
+    assert quiet.getvalue() == ""
+
+
+def test_every_contender_starts_warm_and_the_warm_up_is_not_counted() -> None:
+    from stress.harness import RunStats, Workload, run_workload
+
+    calls: List[int] = []
+    concurrent = [0, 0]
+
+    def make(index: int) -> Any:
+        def op() -> None:
+            import gevent
+
+            calls.append(index)
+            concurrent[0] += 1
+            concurrent[1] = max(concurrent[1], concurrent[0])
+            gevent.sleep(0.001)
+            concurrent[0] -= 1
+
+        return op
+
+    stats = RunStats()
+    workload = Workload([make(i) for i in range(6)], lambda: None, lambda: None)
+    figures = run_workload(workload, stats, 0.2, drain_timeout=5.0, warm=3)
+    # The three warm-up calls come first, all at the same time, and are not counted: every later call is.
+    assert sorted(calls[:3]) == [0, 1, 2] and concurrent[1] >= 3
+    assert stats.ok == len(calls) - 3 and 0 < figures["ok"] <= stats.ok
 
 
 @pytest.mark.parametrize(
@@ -501,7 +656,10 @@ def test_bench_mux_ratios_are_medians_of_per_round_ratios() -> None:
         (["--max-connections", "1,x"], ["--max-connections", "x"]),
         (["--pools", "greenpool,nope"], ["--pools", "nope"]),
         (["tarantool", "--pools", "redis-blocking"], ["--pools", "redis-blocking"]),
-        (["tarantool", "--mux-connections", "0"], ["--mux-connections"]),
+        (["tarantool", "--shared-connections", "0"], ["--shared-connections"]),
+        (["--rounds", "0"], ["--rounds"]),
+        (["--json", "/missing/dir/x.json"], ["--json", "/missing/dir"]),
+        (["tune", "--plot", "x.txt"], ["--plot", "x.txt"]),
         (["--duration", "0"], ["--duration"]),
         (["--timeout", "-1"], ["--timeout"]),
         (["--url", "http://127.0.0.1:1"], ["--url"]),
@@ -1096,3 +1254,54 @@ def test_tune_by_deadline_finds_a_knee_per_size(redis_server: Any, tmp_path: Pat
     assert doc["tune"]["max_connections"] == (2 if size["knee_per_s"] else None)
     assert proc.returncode == (0 if size["knee_per_s"] else 1)
     assert "Recommended: max_connections=2" in proc.stdout or "No recommendation" in proc.stdout
+
+
+def test_installed_name_runs_the_harness_and_its_subprocesses(redis_server: Any, tmp_path: Path) -> None:
+    """``python -m greenpool.stress`` from outside the checkout (the installed name), extras included: the
+    memory probe's subprocesses import the harness under the same name."""
+    out = tmp_path / "installed.json"
+    short = ["--greenlets", "20", "--max-connections", "1", "--duration", "0.3", "--rounds", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "greenpool.stress", "redis", "--url", redis_server.url, "--pools", "greenpool", *short],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert "error" not in doc["memory"], doc["memory"]
+    assert [r["contender"] for r in doc["runs"]] == ["greenpool"]
+
+
+def test_a_new_subcommand_registers_with_its_parser_checks_and_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from stress import cli, options
+
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    seen: List[Any] = []
+
+    def build(commands: Any) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser("example", help="an example scenario")
+        options.add_common(sub, "2,4")
+        options.add_check(sub, "a target is missed")
+        return sub
+
+    def prepare(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.greenlets > 100:
+            sub.error("argument --greenlets: at most 100 here")
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append((args.max_connections, args.rounds, args.check))
+        return 7
+
+    cli.register("example", cli.Command(build, prepare, run))
+    assert cli.main(["example", "--greenlets", "10", "--check"]) == 7
+    assert seen == [([2, 4], 3, True)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["example", "--greenlets", "101"])
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="'example' is already registered"):
+        cli.register("example", cli.Command(build, prepare, run))
