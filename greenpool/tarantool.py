@@ -16,6 +16,8 @@ which is imported when this module is (``greenpool.TarantoolPool`` imports it on
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import inspect
 import operator
 import socket
@@ -96,6 +98,60 @@ class TarantoolPoolClosed(PoolClosed, TarantoolError):  # type: ignore[misc]
 
 class TarantoolTooManyWaiting(TooManyWaiting, TarantoolError):  # type: ignore[misc]
     """The checkout was refused because ``max_waiting`` greenlets already wait (also a ``tarantool.error.Error``)."""
+
+
+class _RememberingUtil:
+    """``ctypes.util`` whose ``find_library`` remembers its answers (the rest is the real module's)."""
+
+    def __init__(self, util: Any) -> None:
+        self._util = util
+        self.found: Dict[str, Optional[str]] = {}
+
+    def find_library(self, name: str) -> Optional[str]:
+        try:
+            return self.found[name]
+        except KeyError:
+            path: Optional[str] = self._util.find_library(name)
+            self.found[name] = path
+            return path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._util, name)
+
+
+class _CtypesView:
+    """What tarantool-python's ``connection`` module sees as ``ctypes``: the real module, except that
+    ``util.find_library`` remembers its answers.
+
+    ``tarantool.Connection()`` looks libc up on every call, and ``ctypes.util.find_library`` runs ``ldconfig -p``
+    in a child process each time: a fork and an exec per new connection, and, whenever the connect is
+    interrupted while it reads the child's output (the connect bound, a killed greenlet), a child left blocked
+    on its pipe for good. Under a pool that opens and replaces connections, that is thousands of processes.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.util = _RememberingUtil(real.util)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _remember_library_lookups() -> Optional[_RememberingUtil]:
+    module = sys.modules.get("tarantool.connection")
+    if module is None:  # pragma: no cover - tarantool-python's layout changed
+        return None
+    view = getattr(module, "ctypes", None)
+    if isinstance(view, _CtypesView):
+        return view.util
+    if view is not ctypes:  # pragma: no cover - tarantool-python's layout changed
+        return None
+    view = _CtypesView(ctypes)
+    setattr(module, "ctypes", view)  # noqa: B010 - the module is typed without this attribute
+    return view.util
+
+
+_LIBRARY_LOOKUPS = _remember_library_lookups()
 
 
 class SocketNotPatchedWarning(RuntimeWarning):

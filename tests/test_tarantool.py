@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, List
 
 import gevent
 import gevent.event
@@ -600,3 +600,32 @@ def test_warns_once_when_socket_is_not_patched(tarantool_server: Any, patched: b
     assert "gevent.monkey.patch_all()" in message and "before importing tarantool" in message
     assert filename == "<string>"  # points at the caller, not into greenpool
     assert issubclass(SocketNotPatchedWarning, RuntimeWarning)
+
+
+def test_libc_is_looked_up_once_not_per_connection(tarantool_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tarantool.Connection() asks ctypes.util.find_library("c") each time, which runs `ldconfig -p` in a child
+    # process; the pool makes tarantool-python ask it once.
+    import ctypes.util
+
+    import greenpool.tarantool
+
+    lookups = greenpool.tarantool._LIBRARY_LOOKUPS
+    assert lookups is not None
+    real = ctypes.util.find_library
+    calls: List[str] = []
+
+    def find_library(name: str) -> Any:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(ctypes.util, "find_library", find_library)
+    monkeypatch.setattr(lookups, "found", {})
+    pool = make_pool(tarantool_server, max_connections=3)
+    try:
+        held = [pool.acquire() for _ in range(3)]
+        for conn in held:
+            pool.release(conn)
+        assert pool.get_stats()["connections_num"] == 3
+        assert calls == ["c"]
+    finally:
+        pool.close()
