@@ -6,11 +6,13 @@ contract (``get_connection()``, ``release()``, ``disconnect()``, ``reset()``, ``
 core's fairness, interruption safety, idle checks and statistics. Also defines the checkout errors, which are
 both greenpool errors and ``redis.exceptions.ConnectionError``.
 
-Depends on redis-py (>= 8.0) and ``greenpool.pool``; imported only when ``greenpool.GeventPool`` is first used.
+Depends on redis-py (>= 8.0), ``greenpool.pool`` and ``greenpool._redis_metrics`` (redis-py's own metrics);
+imported only when ``greenpool.GeventPool`` is first used.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import sys
@@ -29,13 +31,16 @@ from redis.event import AfterConnectionReleasedEvent
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from greenpool import _green
+from greenpool import _green, _redis_metrics
+from greenpool._log import RateLimited
 from greenpool._validate import check_callable, check_choice, check_int, check_name, check_seconds, check_sizes
 from greenpool._waitqueue import POLICIES
 from greenpool.errors import ConnectTimeout, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
 
 __all__ = ["GeventPool", "RedisConnectTimeout", "RedisPoolClosed", "RedisPoolTimeout", "RedisTooManyWaiting"]
+
+logger = logging.getLogger("greenpool.redis")
 
 
 class RedisPoolTimeout(PoolTimeout, RedisConnectionError):
@@ -227,9 +232,13 @@ class GeventPool(ConnectionPool):
         )
         self._suspects: Set[int] = set()
         if old is not None:
+            self._pool._events = old._events  # the listeners (greenpool.events) stay with the pool
             old.close()
+        else:
+            self._reconnect_log = RateLimited(logger)
         self.pid = os.getpid()
         _LIVE_POOLS.add(self)
+        _redis_metrics.follow(self)  # redis-py's own connection metrics, while its observability is on
 
     def _checkpid(self) -> None:
         # The core resets itself in a fork's child (its pool starts empty and never touches the parent's
@@ -255,7 +264,7 @@ class GeventPool(ConnectionPool):
         """Create a new, not yet connected, connection object (no I/O, not counted by the pool)."""
         connection = self.connection_class(**self.connection_kwargs)
         if self.cache is not None:
-            connection = CacheProxyConnection(connection, self.cache, self._lock)  # type: ignore[abstract]
+            connection = CacheProxyConnection(connection, self.cache, self._lock)  # type: ignore[abstract, unused-ignore]
         return connection
 
     def _new_connection(self, connection: Any = None) -> Any:
@@ -327,6 +336,7 @@ class GeventPool(ConnectionPool):
             if self._suspects:
                 self._verify_suspect(connection)
             if not connection.is_connected:
+                self._reconnect_log.log(logging.INFO, "%s: reconnecting an idle connection", self._pool.name)
                 self._new_connection(connection)
         except BaseException:
             pool.release(connection, discard=True)
