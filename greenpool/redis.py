@@ -37,6 +37,7 @@ from greenpool._validate import check_callable, check_choice, check_int, check_n
 from greenpool._waitqueue import POLICIES
 from greenpool.errors import ConnectTimeout, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
+from greenpool.stats import HistogramSnapshot
 
 __all__ = ["GeventPool", "RedisConnectTimeout", "RedisPoolClosed", "RedisPoolTimeout", "RedisTooManyWaiting"]
 
@@ -468,6 +469,10 @@ class GeventPool(ConnectionPool):
     def pop_stats(self) -> Dict[str, Union[int, float, str]]:
         """Return :meth:`get_stats` and reset its totals to zero."""
         return self._pool.pop_stats()
+
+    def get_histograms(self) -> Dict[str, HistogramSnapshot]:
+        """Return the core pool's duration histograms (see :meth:`greenpool.Pool.get_histograms`)."""
+        return self._pool.get_histograms()
 
     def prewarm(self) -> None:
         """Open connections until ``min_connections`` are open; blocks while they connect.
