@@ -31,7 +31,8 @@ event               arguments              when
 Listeners run in the greenlet that caused the event (``checkout``/``checkin`` on the hot path: keep them
 short and never block). A listener that raises an ``Exception`` has it logged (logger ``greenpool.events``,
 at most once a minute per listener) and the pool carries on; nothing a listener does can lose a connection.
-When nobody listens the pool pays one attribute test per checkout and per release.
+While nobody listens to ``checkout`` or ``checkin``, the pool pays one attribute test per checkout and per
+release.
 
 Depends on nothing but the standard library (the pools import it, not the other way round).
 """
@@ -171,7 +172,7 @@ def listen(pool: Any, event: str, fn: Listener) -> None:
     if events is None:
         events = PoolEvents()
     events.add(event, fn)
-    core._events = events
+    _install(core, events)
 
 
 def remove(pool: Any, event: str, fn: Listener) -> None:
@@ -181,8 +182,14 @@ def remove(pool: Any, event: str, fn: Listener) -> None:
     events = core._events
     if events is None or not events.discard_listener(event, fn):
         raise ValueError(f"{fn!r} is not listening to {event!r} on {pool!r}")
-    if not events:
-        core._events = None  # nobody listens: back to the one attribute test
+    _install(core, events)
+
+
+def _install(core: Any, events: PoolEvents) -> None:
+    """Give the pool its dispatcher: ``_events`` while anybody listens, ``_hot_events`` while anybody listens
+    to ``checkout`` or ``checkin`` (so that listening to rare events costs the hot path nothing)."""
+    core._events = events if events else None
+    core._hot_events = events if events.of("checkout") or events.of("checkin") else None
 
 
 def listeners(pool: Any, event: str) -> Tuple[Listener, ...]:

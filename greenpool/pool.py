@@ -207,8 +207,10 @@ class Pool(Generic[C]):
         self.name = check_name(name) or f"pool-{id(self):x}"
         self._closed = False
         self._stats = Counters()
-        #: The listeners (see greenpool.events), None while nobody listens: one attribute test on the hot path.
+        #: The listeners (see greenpool.events), None while nobody listens; ``_hot_events`` is the same object
+        #: while any listens to ``checkout`` or ``checkin``: one attribute test on the hot path.
         self._events: Optional[PoolEvents] = None
+        self._hot_events: Optional[PoolEvents] = None
         self._timeout_log = RateLimited(logger)
         self._orphans: Dict[int, _Entry] = {}  # checked out before a fork, in the child
         self._reset()
@@ -289,7 +291,7 @@ class Pool(Generic[C]):
             raise self.closed_error(f"{self.name} is closed")
         stats = self._stats
         stats.requests_num += 1
-        events = self._events
+        events = self._hot_events
         start = _green.monotonic() if events is not None else 0.0
         if timeout is UNSET:
             timeout = self.timeout
@@ -495,14 +497,14 @@ class Pool(Generic[C]):
         if queue.lifo:
             queue.released(now)
         self._put_back(entry, now)
-        if self._events is not None:
-            self._events.checkin(conn, held)
+        if self._hot_events is not None:
+            self._hot_events.checkin(conn, held)
 
     def _returned(self, entry: _Entry, held: float) -> None:
         """Account for a connection's return when it is discarded (the kept ones are accounted inline)."""
         self._stats.usage_hist.record(held * 1000.0)
-        if self._events is not None:
-            self._events.checkin(entry.conn, held)
+        if self._hot_events is not None:
+            self._hot_events.checkin(entry.conn, held)
 
     def _give_back(self, conn: Any) -> None:
         """Take back a connection a ``checkout`` listener was interrupted with (it is discarded)."""

@@ -233,7 +233,8 @@ class GeventPool(ConnectionPool):
         )
         self._suspects: Set[int] = set()
         if old is not None:
-            self._pool._events = old._events  # the listeners (greenpool.events) stay with the pool
+            # The listeners (greenpool.events) stay with the pool.
+            self._pool._events, self._pool._hot_events = old._events, old._hot_events
             old.close()
         else:
             self._reconnect_log = RateLimited(logger)

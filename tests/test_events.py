@@ -66,11 +66,16 @@ def test_listen_and_remove_leave_no_dispatcher_behind() -> None:
     def fn(conn: Any, wait: float) -> None:
         pass
 
+    events.listen(pool, "connect", fn)
+    assert pool._events is not None and pool._hot_events is None  # a rare event: the hot path stays as it was
     events.listen(pool, "checkout", fn)
     events.listen(pool, "checkout", fn)  # twice: kept once
     assert events.listeners(pool, "checkout") == (fn,)
+    assert pool._hot_events is pool._events
     events.remove(pool, "checkout", fn)
     assert events.listeners(pool, "checkout") == ()
+    assert pool._hot_events is None and pool._events is not None
+    events.remove(pool, "connect", fn)
     assert pool._events is None
     with pytest.raises(ValueError, match="is not listening to 'checkout'"):
         events.remove(pool, "checkout", fn)
