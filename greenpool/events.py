@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 __all__ = ["EVENTS", "PoolEvents", "listen", "listeners", "remove"]
 
@@ -62,15 +62,18 @@ Listener = Callable[..., Any]
 class PoolEvents:
     """The listeners of one pool, by event, and the calls the pool makes to run them.
 
-    A pool holds one of these in ``_events`` while anybody listens and ``None`` otherwise, so that the hot
-    path tests one attribute. Each method runs every listener of its event in registration order.
+    Every pool has one. ``hot`` is the object itself while anybody listens to ``checkout`` or ``checkin``
+    and ``None`` otherwise: the hot path reads it and does nothing more while it is ``None``. The other
+    events are rare, and their methods run the (often empty) tuple of listeners directly. Each method runs
+    every listener of its event in registration order.
     """
 
-    __slots__ = ("_by_event", "_last_logged")
+    __slots__ = ("_by_event", "_last_logged", "hot")
 
     def __init__(self) -> None:
         self._by_event: Dict[str, Tuple[Listener, ...]] = {name: () for name in EVENTS}
         self._last_logged: Dict[int, float] = {}
+        self.hot: Optional[PoolEvents] = None
 
     def __bool__(self) -> bool:
         return any(self._by_event.values())
@@ -78,6 +81,7 @@ class PoolEvents:
     def add(self, event: str, fn: Listener) -> None:
         if fn not in self._by_event[event]:
             self._by_event[event] = (*self._by_event[event], fn)
+        self._update()
 
     def discard_listener(self, event: str, fn: Listener) -> bool:
         """Remove ``fn`` from ``event``; tell whether it was there."""
@@ -85,7 +89,11 @@ class PoolEvents:
         if fn not in current:
             return False
         self._by_event[event] = tuple(f for f in current if f != fn)
+        self._update()
         return True
+
+    def _update(self) -> None:
+        self.hot = self if self._by_event["checkout"] or self._by_event["checkin"] else None
 
     def of(self, event: str) -> Tuple[Listener, ...]:
         return self._by_event[event]
@@ -167,33 +175,17 @@ def listen(pool: Any, event: str, fn: Listener) -> None:
     _check_event(event)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
-    core = _core(pool)
-    events = core._events
-    if events is None:
-        events = PoolEvents()
-    events.add(event, fn)
-    _install(core, events)
+    _core(pool)._stats.events.add(event, fn)
 
 
 def remove(pool: Any, event: str, fn: Listener) -> None:
     """Stop calling ``fn`` on ``event``; never blocks. Raises ``ValueError`` if it was not listening."""
     _check_event(event)
-    core = _core(pool)
-    events = core._events
-    if events is None or not events.discard_listener(event, fn):
+    if not _core(pool)._stats.events.discard_listener(event, fn):
         raise ValueError(f"{fn!r} is not listening to {event!r} on {pool!r}")
-    _install(core, events)
-
-
-def _install(core: Any, events: PoolEvents) -> None:
-    """Give the pool its dispatcher: ``_events`` while anybody listens, ``_hot_events`` while anybody listens
-    to ``checkout`` or ``checkin`` (so that listening to rare events costs the hot path nothing)."""
-    core._events = events if events else None
-    core._hot_events = events if events.of("checkout") or events.of("checkin") else None
 
 
 def listeners(pool: Any, event: str) -> Tuple[Listener, ...]:
     """The listeners of ``event`` on ``pool``, in the order they run."""
     _check_event(event)
-    events = _core(pool)._events
-    return () if events is None else events.of(event)
+    return _core(pool)._stats.events.of(event)  # type: ignore[no-any-return]

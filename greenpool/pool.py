@@ -27,7 +27,7 @@ from greenpool._validate import check_callable, check_choice, check_int, check_n
 from greenpool._waitqueue import EXPIRED, POLICIES, SHED, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.events import PoolEvents
-from greenpool.stats import Counters, HistogramSnapshot
+from greenpool.stats import USAGE_BATCH, Counters, HistogramSnapshot
 
 __all__ = ["Pool", "PooledConnection"]
 
@@ -206,12 +206,9 @@ class Pool(Generic[C]):
         self.queue_policy = check_choice("queue_policy", queue_policy, POLICIES)
         self.name = check_name(name) or f"pool-{id(self):x}"
         self._closed = False
-        self._stats = Counters()
-        #: The listeners (see greenpool.events), None while nobody listens; ``_hot_events`` is the same object
-        #: while any listens to ``checkout`` or ``checkin``: one attribute test on the hot path.
-        self._events: Optional[PoolEvents] = None
-        self._hot_events: Optional[PoolEvents] = None
-        self._timeout_log = RateLimited(logger)
+        # The listeners (greenpool.events) live on the counters, not in an attribute of their own: one more
+        # attribute on a pool costs every attribute read of the hot path (measured with callgrind).
+        self._stats = Counters(PoolEvents())
         self._orphans: Dict[int, _Entry] = {}  # checked out before a fork, in the child
         self._reset()
         # Close the idle connections if the pool is garbage-collected; do not pass self to the callback.
@@ -291,7 +288,7 @@ class Pool(Generic[C]):
             raise self.closed_error(f"{self.name} is closed")
         stats = self._stats
         stats.requests_num += 1
-        events = self._hot_events
+        events = stats.events.hot
         start = _green.monotonic() if events is not None else 0.0
         if timeout is UNSET:
             timeout = self.timeout
@@ -335,8 +332,7 @@ class Pool(Generic[C]):
         if self.max_waiting and queue.nwaiting >= self.max_waiting:
             stats.requests_rejected += 1
             stats.requests_errors += 1
-            if self._events is not None:
-                self._events.rejected(queue.nwaiting)
+            self._stats.events.rejected(queue.nwaiting)
             raise self.too_many_waiting_error(
                 f"No connection available. {queue.nwaiting} greenlets already waiting "
                 f"(max_waiting={self.max_waiting}); {self._state_text()}"
@@ -352,8 +348,7 @@ class Pool(Generic[C]):
         stats.wait_hist.record(waited_ms)
         if value is SHED:
             stats.requests_errors += 1
-            if self._events is not None:
-                self._events.timeout(waited_ms / 1000.0, "deadline")
+            self._stats.events.timeout(waited_ms / 1000.0, "deadline")
             raise self.timeout_error(
                 f"No connection available. The caller's deadline would run out before its turn "
                 f"(expected wait {queue.expected_wait(self.max_size) * 1000.0:.1f} ms); {self._state_text()}"
@@ -379,9 +374,8 @@ class Pool(Generic[C]):
     def _timed_out(self, waited: float) -> None:
         self._stats.requests_timeouts += 1
         self._stats.requests_errors += 1
-        self._timeout_log.log(logging.WARNING, "%s: checkout timed out after %.2f s", self._state_text(), waited)
-        if self._events is not None:
-            self._events.timeout(waited, "timeout")
+        _timeout_log(self).log(logging.WARNING, "%s: checkout timed out after %.2f s", self._state_text(), waited)
+        self._stats.events.timeout(waited, "timeout")
         raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
 
     def _state_text(self) -> str:
@@ -403,15 +397,13 @@ class Pool(Generic[C]):
             seconds = _green.monotonic() - start
             stats.connect_hist.record(seconds * 1000.0)
             self._free_slot()
-            if self._events is not None:
-                self._events.connect_error(exc, seconds)
+            self._stats.events.connect_error(exc, seconds)
             raise
         now = _green.monotonic()
         stats.connections_num += 1
         stats.connections_ms += (now - start) * 1000.0
         stats.connect_hist.record((now - start) * 1000.0)
-        if self._events is not None:
-            self._events.connect(conn, now - start)
+        self._stats.events.connect(conn, now - start)
         expires = float("inf")
         if self.max_lifetime is not None:
             expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
@@ -492,19 +484,24 @@ class Pool(Generic[C]):
         now = _green.monotonic()
         queue = self._queue
         held = now - entry.taken
-        self._stats.usage_hist.record(held * 1000.0)
+        stats = self._stats
+        usage = stats.usage_s
+        usage.append(held)
+        if len(usage) >= USAGE_BATCH:
+            stats.fold_usage()
         queue.hold = queue.hold + (held - queue.hold) * 0.05 if queue.hold else held
         if queue.lifo:
             queue.released(now)
         self._put_back(entry, now)
-        if self._hot_events is not None:
-            self._hot_events.checkin(conn, held)
+        events = stats.events.hot
+        if events is not None:
+            events.checkin(conn, held)
 
     def _returned(self, entry: _Entry, held: float) -> None:
         """Account for a connection's return when it is discarded (the kept ones are accounted inline)."""
-        self._stats.usage_hist.record(held * 1000.0)
-        if self._hot_events is not None:
-            self._hot_events.checkin(entry.conn, held)
+        stats = self._stats
+        stats.usage_s.append(held)
+        stats.events.checkin(entry.conn, held)
 
     def _give_back(self, conn: Any) -> None:
         """Take back a connection a ``checkout`` listener was interrupted with (it is discarded)."""
@@ -519,8 +516,7 @@ class Pool(Generic[C]):
             )
         else:
             logger.info("%s: no longer overloaded: serving waiters first come, first served", self.name)
-        if self._events is not None:
-            self._events.queue_mode(lifo)
+        self._stats.events.queue_mode(lifo)
 
     def _put_back(self, entry: _Entry, now: float) -> None:
         if self._closed or now >= entry.expires or self._size > self.max_size:
@@ -571,8 +567,7 @@ class Pool(Generic[C]):
         entry.unwatch()
         self._stats.connections_closed += 1
         _close_quietly(self._close_conn_fn(), entry.conn, self.name)
-        if self._events is not None:
-            self._events.close(entry.conn, reason)
+        self._stats.events.close(entry.conn, reason)
 
     def _close_conn_fn(self) -> Callable[[Any], Any]:
         return self._close if self._close is not None else _default_close
@@ -766,7 +761,7 @@ class Pool(Generic[C]):
     def pop_stats(self) -> Dict[str, Union[int, float, str]]:
         """Return :meth:`get_stats` and reset the totals to zero."""
         out = self.get_stats()
-        self._stats = Counters()
+        self._stats = Counters(self._stats.events)
         self._queue.reset_stats()
         return out
 
@@ -823,6 +818,17 @@ def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:
         threshold,
         stack,
     )
+
+
+#: The rate limiter of each pool's checkout-timeout log records (kept apart: see ``Pool.__init__``).
+_TIMEOUT_LOGS: weakref.WeakKeyDictionary[Pool[Any], RateLimited] = weakref.WeakKeyDictionary()
+
+
+def _timeout_log(pool: Pool[Any]) -> RateLimited:
+    log = _TIMEOUT_LOGS.get(pool)
+    if log is None:
+        log = _TIMEOUT_LOGS[pool] = RateLimited(logger)
+    return log
 
 
 #: Every pool of this process, reset in the child right after a fork.

@@ -233,8 +233,7 @@ class GeventPool(ConnectionPool):
         )
         self._suspects: Set[int] = set()
         if old is not None:
-            # The listeners (greenpool.events) stay with the pool.
-            self._pool._events, self._pool._hot_events = old._events, old._hot_events
+            self._pool._stats.events = old._stats.events  # the listeners (greenpool.events) stay with the pool
             old.close()
         else:
             self._reconnect_log = RateLimited(logger)

@@ -61,22 +61,22 @@ def make_pool(**kw: Any) -> Pool[Conn]:
 
 def test_listen_and_remove_leave_no_dispatcher_behind() -> None:
     pool = make_pool()
-    assert pool._events is None  # nobody listens: the hot path tests one attribute
+    assert pool._stats.events.hot is None  # nobody listens: the hot path tests one attribute
 
     def fn(conn: Any, wait: float) -> None:
         pass
 
     events.listen(pool, "connect", fn)
-    assert pool._events is not None and pool._hot_events is None  # a rare event: the hot path stays as it was
+    assert pool._stats.events.hot is None  # a rare event: the hot path stays as it was
     events.listen(pool, "checkout", fn)
     events.listen(pool, "checkout", fn)  # twice: kept once
     assert events.listeners(pool, "checkout") == (fn,)
-    assert pool._hot_events is pool._events
+    assert pool._stats.events.hot is pool._stats.events
     events.remove(pool, "checkout", fn)
     assert events.listeners(pool, "checkout") == ()
-    assert pool._hot_events is None and pool._events is not None
+    assert pool._stats.events.hot is None
     events.remove(pool, "connect", fn)
-    assert pool._events is None
+    assert not pool._stats.events
     with pytest.raises(ValueError, match="is not listening to 'checkout'"):
         events.remove(pool, "checkout", fn)
 
