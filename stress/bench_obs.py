@@ -13,7 +13,9 @@ Two scenarios against one private ``redis-server`` (or ``--url``), PING by defau
 The exporters record into the OpenTelemetry SDK (a ``MeterProvider`` with an in-memory reader, collected
 once at the end of each run). Every round runs each contender once, in alternating order, and each ratio
 is the median over the rounds of the ratio within one round, so that the contenders of one round share the
-machine's load. Depends on gevent, redis-py, the OpenTelemetry SDK, ``greenpool`` and the harness.
+machine's load. Each run also reports this process's CPU time per operation (spawn and drain included,
+alike for every contender), which other processes on a shared machine disturb far less than ok/s.
+Depends on gevent, redis-py, the OpenTelemetry SDK, ``greenpool`` and the harness.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import argparse
 import json
 import statistics
 import sys
-from typing import Any, Callable, Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from greenpool import events
 from stress.contenders import Contender, GreenpoolRedis, RedisCeiling, RedisTarget, alternate
@@ -68,35 +71,44 @@ def _otel(histograms: bool) -> Callable[[Any], Callable[[], Any]]:
     return attach
 
 
-def _run(contender: Contender, target: RedisTarget, size: int, greenlets: int, duration: float) -> float:
+def _run(contender: Contender, target: RedisTarget, size: int, greenlets: int, duration: float) -> Tuple[float, float]:
+    """Run once; return (ok/s, this process's CPU microseconds per successful operation)."""
     stats = RunStats()
     workload = contender.workload(target, size, greenlets, 1.0, stats)
+    cpu = time.process_time()
     figures = run_workload(workload, stats, duration, drain_timeout=10.0)
     collect = getattr(contender, "collect", None)
     if collect is not None:
         collect()  # one collection per run, as a periodic reader would do
+    cpu = time.process_time() - cpu
     if figures["errors"]:
         raise RuntimeError(f"{contender.name}: {figures['first_error']}")
-    return float(figures["ok_per_s"])
+    return float(figures["ok_per_s"]), cpu * 1e6 / max(1, int(stats.ok))
 
 
 def _rounds(
     contenders: List[Contender], base: str, target: RedisTarget, sizes: Dict[str, int], greenlets: int, args: Any
 ) -> Dict[str, Any]:
     per_round: Dict[str, List[float]] = {c.name: [] for c in contenders}
+    cpu_round: Dict[str, List[float]] = {c.name: [] for c in contenders}
     by_name = {c.name: c for c in contenders}
     for index in range(args.rounds):
         for name in alternate(list(by_name), index):
-            rate = _run(by_name[name], target, sizes.get(name, args.max_connections), greenlets, args.duration)
+            size = sizes.get(name, args.max_connections)
+            rate, cpu = _run(by_name[name], target, size, greenlets, args.duration)
             per_round[name].append(rate)
-            print(f"  round {index + 1}: {name:<22} {rate:>10,.0f} ok/s", file=sys.stderr)
+            cpu_round[name].append(cpu)
+            print(f"  round {index + 1}: {name:<22} {rate:>10,.0f} ok/s {cpu:8.1f} us CPU/op", file=sys.stderr)
     out: Dict[str, Any] = {}
     for name, rates in per_round.items():
         ratios = [rate / b for rate, b in zip(rates, per_round[base]) if b]
+        cpu_ratios = [c / b for c, b in zip(cpu_round[name], cpu_round[base]) if b]
         out[name] = {
             "ok_per_s_median": round(statistics.median(rates), 1),
             f"vs_{base}_median": round(statistics.median(ratios), 3),
             f"vs_{base}_rounds": [round(r, 3) for r in ratios],
+            "cpu_us_per_op_median": round(statistics.median(cpu_round[name]), 2),
+            f"cpu_vs_{base}_median": round(statistics.median(cpu_ratios), 3),
         }
     return out
 
