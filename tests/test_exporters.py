@@ -6,6 +6,7 @@ in-memory metric reader), on every pool class against real servers: ``GeventPool
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -20,6 +21,7 @@ from greenpool.otel import instrument
 from greenpool.prometheus import PoolCollector
 from greenpool.redis_mux import RedisMuxPool
 from greenpool.stats import BOUNDS_MS
+from stress.servers import RedisServer
 from tests.test_redis import server_kwargs
 
 
@@ -189,3 +191,37 @@ def test_otel_histograms_and_every_pool_class(reader: Any, redis_server: Any, ta
         gevent_pool.disconnect()
         mux.disconnect()
         tnt.close()
+
+
+# ---------------------------------------------------------------------- no secrets
+
+
+def test_no_password_in_scrapes_metrics_or_logs(reader: Any, caplog: pytest.LogCaptureFixture) -> None:
+    reader, provider = reader
+    secret = "s3cret-pa55"
+    with RedisServer(password=secret) as server:
+        pool = GeventPool.from_url(f"redis://:{secret}@{server.host}:{server.port}/0", max_connections=1, timeout=0)
+        instrument(pool, meter_provider=provider)
+        caplog.set_level(logging.DEBUG, logger="greenpool")
+        try:
+            conn = pool.get_connection()
+            with pytest.raises(PoolTimeout):
+                pool.get_connection()
+            pool.release(conn)
+            pool.disconnect()
+            redis.Redis(connection_pool=pool).ping()  # reconnects an idle connection: logged
+            text = generate_latest_of(pool)
+            assert f'pool="redis {server.host}:{server.port}/0"' in text
+            assert secret not in text
+            assert secret not in repr(points(reader))
+            messages = " ".join(r.getMessage() for r in caplog.records)
+            assert "checkout timed out" in messages and "reconnecting an idle connection" in messages
+            assert secret not in messages
+        finally:
+            pool.disconnect()
+
+
+def generate_latest_of(pool: Any) -> str:
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(pool))
+    return generate_latest(registry).decode()
