@@ -30,11 +30,14 @@ event               arguments              when
 
 Listeners run in the greenlet that caused the event (``checkout``/``checkin`` on the hot path: keep them
 short and never block). A listener that raises an ``Exception`` has it logged (logger ``greenpool.events``,
-at most once a minute per listener) and the pool carries on; nothing a listener does can lose a connection.
+at most once a minute per listener) and the pool carries on; nothing a listener does can lose a connection
+or a slot: ``checkout`` and ``checkin`` run once the pool's books are straight (a ``checkout`` listener
+interrupted discards the connection it was handed), the other events contain interruptions too.
 While nobody listens to ``checkout`` or ``checkin``, the pool pays one attribute test per checkout and per
 release.
 
-Depends on nothing but the standard library (the pools import it, not the other way round).
+Depends on the standard library; :func:`listen` imports ``greenpool.pool`` when first called (the pools import
+this module, not the other way round).
 """
 
 from __future__ import annotations
@@ -99,10 +102,23 @@ class PoolEvents:
         return self._by_event[event]
 
     def _run(self, event: str, *args: Any) -> None:
+        """Run the listeners of a hot event: an interruption (``BaseException``) propagates to the caller."""
         for fn in self._by_event[event]:
             try:
                 fn(*args)
             except Exception:
+                self._log_failure(event, fn)
+
+    def _run_contained(self, event: str, *args: Any) -> None:
+        """Run the listeners of an event fired in the middle of the pool's bookkeeping: nothing but
+        ``KeyboardInterrupt`` and ``SystemExit`` escapes (a listener interrupted must have blocked, which
+        listeners must not do: logged), so that no slot or connection is lost."""
+        for fn in self._by_event[event]:
+            try:
+                fn(*args)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:
                 self._log_failure(event, fn)
 
     def _log_failure(self, event: str, fn: Listener) -> None:
@@ -117,10 +133,10 @@ class PoolEvents:
     # The calls the pools make.
 
     def connect(self, conn: Any, seconds: float) -> None:
-        self._run("connect", conn, seconds)
+        self._run_contained("connect", conn, seconds)
 
     def connect_error(self, exc: BaseException, seconds: float) -> None:
-        self._run("connect_error", exc, seconds)
+        self._run_contained("connect_error", exc, seconds)
 
     def checkout(self, conn: Any, wait: float, give_back: Callable[[Any], Any]) -> None:
         """Run the ``checkout`` listeners; if one is interrupted (``BaseException``), give ``conn`` back
@@ -136,17 +152,17 @@ class PoolEvents:
 
     def close(self, conn: Any, reason: str) -> None:
         if reason in _DISCARD_REASONS:
-            self._run("discard", conn, reason)
-        self._run("close", conn, reason)
+            self._run_contained("discard", conn, reason)
+        self._run_contained("close", conn, reason)
 
     def timeout(self, waited: float, reason: str) -> None:
-        self._run("timeout", waited, reason)
+        self._run_contained("timeout", waited, reason)
 
     def rejected(self, waiting: int) -> None:
-        self._run("rejected", waiting)
+        self._run_contained("rejected", waiting)
 
     def queue_mode(self, lifo: bool) -> None:
-        self._run("queue_mode", "lifo" if lifo else "fifo")
+        self._run_contained("queue_mode", "lifo" if lifo else "fifo")
 
 
 def _core(pool: Any) -> Any:

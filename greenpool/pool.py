@@ -477,9 +477,10 @@ class Pool(Generic[C]):
             entry.leak_timer = None
         if discard:
             self._stats.connections_lost += 1
-            self._returned(entry, _green.monotonic() - entry.taken)
+            held = _green.monotonic() - entry.taken
             self._close_entry(entry, "released")
             self._free_slot()
+            self._returned(entry, held)
             return
         now = _green.monotonic()
         queue = self._queue

@@ -130,8 +130,8 @@ def test_discarded_connections_fire_checkin_discard_and_close() -> None:
     conn = pool.acquire()
     rec.calls.clear()
     pool.release(conn, discard=True)
-    assert rec.names() == ["checkin", "discard", "close"]
-    assert rec.calls[1:] == [("discard", conn, "released"), ("close", conn, "released")]
+    assert rec.names() == ["discard", "close", "checkin"]
+    assert rec.calls[:2] == [("discard", conn, "released"), ("close", conn, "released")]
     assert conn.closed
 
 
@@ -236,6 +236,22 @@ def test_a_listener_that_raises_is_logged_once_a_minute_and_the_pool_goes_on(
     records = [r for r in caplog.records if r.name == "greenpool.events"]
     assert len(records) == 1 and "listener bug" in records[0].exc_text
     assert pool.in_use == 0 and pool.idle == 1
+
+
+def test_interrupted_listeners_of_other_events_lose_no_slot(caplog: pytest.LogCaptureFixture) -> None:
+    pool = make_pool()
+
+    def interrupted(*args: Any) -> None:
+        raise gevent.GreenletExit
+
+    for name in ("discard", "close", "checkin"):
+        events.listen(pool, name, interrupted)
+    conn = pool.acquire()
+    with pytest.raises(gevent.GreenletExit):  # checkin runs last, once the books are straight
+        pool.release(conn, discard=True)
+    assert conn.closed and pool.size == 0 and pool.in_use == 0
+    assert any("'discard' listener" in r.getMessage() for r in caplog.records)  # logged, contained
+    pool.release(pool.acquire(timeout=0))  # the slot is usable
 
 
 def test_a_checkout_listener_interrupted_gives_the_connection_back() -> None:
