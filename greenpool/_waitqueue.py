@@ -142,6 +142,8 @@ class WaitQueue:
         self.switches = 0
         self.lifo_seconds = 0.0
         self.shed = 0
+        #: Called with the new ``lifo`` flag when the adaptive policy switches order (the pool logs it).
+        self.on_switch: Optional[Callable[[bool], None]] = None
 
     def bind(self, hub: Any) -> None:
         self._hub = hub
@@ -376,6 +378,8 @@ class WaitQueue:
         self.lifo = lifo
         self._mode_since = now
         self.switches += 1
+        if self.on_switch is not None:
+            self.on_switch(lifo)
 
     def stats(self) -> Dict[str, Any]:
         """The policy's figures for ``get_stats()``."""

@@ -7,7 +7,8 @@ waiter, so a greenlet that releases and asks again queues behind the others (no 
 gave up (timed out, was killed) refuses the hand-off, which goes to the next one: nothing is lost.
 
 The pool knows nothing of Redis or Tarantool: it is given a ``create`` callable and optional ``close`` and
-``check`` callables. Depends on ``greenpool._green`` (the gevent seam), ``errors``, ``stats``, ``_validate``.
+``check`` callables. Depends on ``greenpool._green`` (the gevent seam), ``errors``, ``stats``, ``_validate``,
+``events`` (listeners, see :mod:`greenpool.events`) and ``_log``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
 
 from greenpool import _green
+from greenpool._log import RateLimited
 from greenpool._validate import (
     check_callable,
     check_choice,
@@ -33,11 +35,12 @@ from greenpool._validate import (
 )
 from greenpool._waitqueue import EXPIRED, POLICIES, SHED, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
-from greenpool.stats import Counters
+from greenpool.events import PoolEvents
+from greenpool.stats import USAGE_BATCH, Counters, HistogramSnapshot
 
 __all__ = ["Pool", "PooledConnection"]
 
-logger = logging.getLogger("greenpool")
+logger = logging.getLogger("greenpool.pool")
 
 C = TypeVar("C")
 
@@ -218,7 +221,9 @@ class Pool(Generic[C]):
         self.queue_policy = check_choice("queue_policy", queue_policy, POLICIES)
         self.name = check_name(name) or f"pool-{id(self):x}"
         self._closed = False
-        self._stats = Counters()
+        # The listeners (greenpool.events) live on the counters, not in an attribute of their own: one more
+        # attribute on a pool costs every attribute read of the hot path (measured with callgrind).
+        self._stats = Counters(PoolEvents())
         self._orphans: Dict[int, _Entry] = {}  # checked out before a fork, in the child
         self._reset()
         # Close the idle connections if the pool is garbage-collected; do not pass self to the callback.
@@ -232,6 +237,7 @@ class Pool(Generic[C]):
         self._idle: Any = _green.LifoQueue()
         self._idle_list: List[_Entry] = self._idle.queue  # the stack itself, for reaping and counting
         self._queue = WaitQueue(self.queue_policy, self._refused)
+        self._queue.on_switch = self._queue_switched
         self._size = 0  # open connections + slots being filled
         self._in_use: Dict[int, _Entry] = {}
         self._thread: Optional[int] = None
@@ -297,6 +303,8 @@ class Pool(Generic[C]):
             raise self.closed_error(f"{self.name} is closed")
         stats = self._stats
         stats.requests_num += 1
+        events = stats.events.hot
+        start = _green.monotonic() if events is not None else 0.0
         if timeout is UNSET:
             timeout = self.timeout
         elif timeout is not None:
@@ -328,6 +336,8 @@ class Pool(Generic[C]):
         self._in_use[id(entry.conn)] = entry
         if self.leak_threshold is not None:
             self._watch_leak(entry)
+        if events is not None:
+            events.checkout(entry.conn, _green.monotonic() - start, self._give_back)
         return entry.conn  # type: ignore[no-any-return]
 
     def _wait(self, timeout: Optional[float]) -> Any:
@@ -337,6 +347,7 @@ class Pool(Generic[C]):
         if self.max_waiting and queue.nwaiting >= self.max_waiting:
             stats.requests_rejected += 1
             stats.requests_errors += 1
+            self._stats.events.rejected(queue.nwaiting)
             raise self.too_many_waiting_error(
                 f"No connection available. {queue.nwaiting} greenlets already waiting "
                 f"(max_waiting={self.max_waiting}); {self._state_text()}"
@@ -349,8 +360,10 @@ class Pool(Generic[C]):
         waited_ms = (_green.monotonic() - start) * 1000.0
         stats.requests_wait_ms += waited_ms
         stats.waits_ms.append(waited_ms)
+        stats.wait_hist.record(waited_ms)
         if value is SHED:
             stats.requests_errors += 1
+            self._stats.events.timeout(waited_ms / 1000.0, "deadline")
             raise self.timeout_error(
                 f"No connection available. The caller's deadline would run out before its turn "
                 f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms); {self._state_text()}"
@@ -376,6 +389,8 @@ class Pool(Generic[C]):
     def _timed_out(self, waited: float) -> None:
         self._stats.requests_timeouts += 1
         self._stats.requests_errors += 1
+        _timeout_log(self).log(logging.WARNING, "%s: checkout timed out after %.2f s", self._state_text(), waited)
+        self._stats.events.timeout(waited, "timeout")
         raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
 
     def _state_text(self) -> str:
@@ -392,13 +407,18 @@ class Pool(Generic[C]):
         start = _green.monotonic()
         try:
             conn = self._create()
-        except BaseException:
+        except BaseException as exc:
             stats.connections_errors += 1
+            seconds = _green.monotonic() - start
+            stats.connect_hist.record(seconds * 1000.0)
             self._free_slot()
+            self._stats.events.connect_error(exc, seconds)
             raise
         now = _green.monotonic()
         stats.connections_num += 1
         stats.connections_ms += (now - start) * 1000.0
+        stats.connect_hist.record((now - start) * 1000.0)
+        self._stats.events.connect(conn, now - start)
         expires = float("inf")
         if self.max_lifetime is not None:
             expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
@@ -410,7 +430,7 @@ class Pool(Generic[C]):
             entry.watcher.stop()
         now = entry.taken = _green.monotonic()
         if now >= entry.expires:
-            self._close_entry(entry)
+            self._close_entry(entry, "expired")
             return False
         after = self.check_after_idle
         if self._check is None:
@@ -430,7 +450,8 @@ class Pool(Generic[C]):
         if ok is False:
             self._stats.checks_failed += 1
             self._stats.connections_lost += 1
-            self._close_entry(entry)
+            logger.info("%s: an idle connection failed its health check; it is replaced", self.name)
+            self._close_entry(entry, "check")
             return False
         entry.last_used = _green.monotonic()
         return True
@@ -471,20 +492,51 @@ class Pool(Generic[C]):
             entry.leak_timer = None
         if discard:
             self._stats.connections_lost += 1
-            self._close_entry(entry)
+            held = _green.monotonic() - entry.taken
+            self._close_entry(entry, "released")
             self._free_slot()
+            self._returned(entry, held)
             return
         now = _green.monotonic()
         queue = self._queue
         held = now - entry.taken
+        stats = self._stats
+        usage = stats.usage_s
+        usage.append(held)
+        if len(usage) >= USAGE_BATCH:
+            stats.fold_usage()
         queue.hold = queue.hold + (held - queue.hold) * 0.05 if queue.hold else held
         if queue.lifo:
             queue.released(now)
         self._put_back(entry, now)
+        events = stats.events.hot
+        if events is not None:
+            events.checkin(conn, held)
+
+    def _returned(self, entry: _Entry, held: float) -> None:
+        """Account for a connection's return when it is discarded (the kept ones are accounted inline)."""
+        stats = self._stats
+        stats.usage_s.append(held)
+        stats.events.checkin(entry.conn, held)
+
+    def _give_back(self, conn: Any) -> None:
+        """Take back a connection a ``checkout`` listener was interrupted with (it is discarded)."""
+        if self.owns(conn):
+            self.release(conn, discard=True)
+
+    def _queue_switched(self, lifo: bool) -> None:
+        """The adaptive queue policy switched order (called by the wait queue)."""
+        if lifo:
+            logger.warning(
+                "%s: overloaded, waiters give up before their turn: serving the newest waiters first", self.name
+            )
+        else:
+            logger.info("%s: no longer overloaded: serving waiters first come, first served", self.name)
+        self._stats.events.queue_mode(lifo)
 
     def _put_back(self, entry: _Entry, now: float) -> None:
         if self._closed or now >= entry.expires or self._size > self.max_connections:
-            self._close_entry(entry)
+            self._close_entry(entry, "expired" if now >= entry.expires else "closed")
             self._free_slot()
             return
         entry.last_used = now
@@ -524,11 +576,14 @@ class Pool(Generic[C]):
             if not self._queue.hand_off(_SLOT):
                 self._size -= 1
 
-    def _close_entry(self, entry: _Entry) -> None:
-        """Close a connection whose slot the caller accounts for (not counted in ``_size`` here)."""
+    def _close_entry(self, entry: _Entry, reason: str = "closed") -> None:
+        """Close a connection whose slot the caller accounts for (not counted in ``_size`` here).
+
+        ``reason`` is passed to the ``close`` listeners (see :mod:`greenpool.events`)."""
         entry.unwatch()
         self._stats.connections_closed += 1
         _close_quietly(self._close_conn_fn(), entry.conn, self.name)
+        self._stats.events.close(entry.conn, reason)
 
     def _close_conn_fn(self) -> Callable[[Any], Any]:
         return self._close if self._close is not None else _default_close
@@ -567,7 +622,7 @@ class Pool(Generic[C]):
             too_idle = self.max_idle is not None and now - entry.last_used >= self.max_idle
             if now >= entry.expires or (too_idle and self._size > self.min_connections):
                 del idle[i]
-                self._close_entry(entry)
+                self._close_entry(entry, "expired" if now >= entry.expires else "closed")
                 self._free_slot()
             else:
                 i += 1
@@ -704,8 +759,10 @@ class Pool(Generic[C]):
         ``requests_errors`` (failed checkouts), ``requests_timeouts``, ``requests_rejected`` (max_waiting),
         ``connections_num`` (made), ``connections_ms`` (time spent making them), ``connections_errors``
         (failed to make), ``connections_lost`` (found broken or discarded), ``connections_closed``,
-        ``checks_failed``, ``returns_bad`` (releases of connections not checked out). Checkout wait
-        percentiles over the last 10,000 checkouts: ``wait_p50_ms``, ``wait_p99_ms``, ``wait_max_ms``.
+        ``checks_failed``, ``returns_bad`` (releases of connections not checked out), ``usage_ms`` (time
+        connections were held, checkout to release) and ``returns_num`` (releases it counts). Checkout wait
+        percentiles over the last 10,000 checkouts: ``wait_p50_ms``, ``wait_p99_ms``, ``wait_max_ms``
+        (bucketed histograms, which add up across processes: :meth:`get_histograms`).
         """
         out: Dict[str, Union[int, float, str]] = {
             "name": self.name,
@@ -721,10 +778,20 @@ class Pool(Generic[C]):
         out.update(self._queue.stats())
         return out
 
+    def get_histograms(self) -> Dict[str, HistogramSnapshot]:
+        """Return the duration histograms since creation (or the last :meth:`pop_stats`); never blocks.
+
+        ``wait``: checkout waits (every checkout not refused at once; those served at once count as 0 ms);
+        ``connect``: time to make a connection (failed attempts included); ``usage``: time each connection
+        was held, checkout to release. Each is a :class:`greenpool.stats.HistogramSnapshot` with buckets
+        bounded by :data:`greenpool.stats.BOUNDS_MS`.
+        """
+        return self._stats.histograms()
+
     def pop_stats(self) -> Dict[str, Union[int, float, str]]:
         """Return :meth:`get_stats` and reset the totals to zero."""
         out = self.get_stats()
-        self._stats = Counters()
+        self._stats = Counters(self._stats.events)
         self._queue.reset_stats()
         return out
 
@@ -785,6 +852,17 @@ def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:
         threshold,
         stack,
     )
+
+
+#: The rate limiter of each pool's checkout-timeout log records (kept apart: see ``Pool.__init__``).
+_TIMEOUT_LOGS: weakref.WeakKeyDictionary[Pool[Any], RateLimited] = weakref.WeakKeyDictionary()
+
+
+def _timeout_log(pool: Pool[Any]) -> RateLimited:
+    log = _TIMEOUT_LOGS.get(pool)
+    if log is None:
+        log = _TIMEOUT_LOGS[pool] = RateLimited(logger)
+    return log
 
 
 #: Every pool of this process, reset in the child right after a fork.

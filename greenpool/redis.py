@@ -6,11 +6,13 @@ contract (``get_connection()``, ``release()``, ``disconnect()``, ``reset()``, ``
 core's fairness, interruption safety, idle checks and statistics. Also defines the checkout errors, which are
 both greenpool errors and ``redis.exceptions.ConnectionError``.
 
-Depends on redis-py (>= 5.3) and ``greenpool.pool``; imported only when ``greenpool.GeventPool`` is first used.
+Depends on redis-py (>= 5.3), ``greenpool.pool`` and ``greenpool._redis_metrics`` (redis-py 8's own metrics);
+imported only when ``greenpool.GeventPool`` is first used.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import sys
@@ -31,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from greenpool import _green
+from greenpool._log import RateLimited
 from greenpool._validate import (
     check_callable,
     check_choice,
@@ -42,8 +45,21 @@ from greenpool._validate import (
 from greenpool._waitqueue import POLICIES
 from greenpool.errors import ConnectTimeout, PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from greenpool.pool import Pool
+from greenpool.stats import HistogramSnapshot
+
+try:
+    from greenpool._redis_metrics import follow as _follow_redis_metrics
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the redis-py version
+    if not (exc.name or "").startswith("redis.observability"):
+        raise
+
+    def _follow_redis_metrics(pool: Any) -> None:
+        """redis-py before 8 has no observability package: there are no redis-py metrics to record."""
+
 
 __all__ = ["GeventPool", "RedisConnectTimeout", "RedisPoolClosed", "RedisPoolTimeout", "RedisTooManyWaiting"]
+
+logger = logging.getLogger("greenpool.redis")
 
 
 class RedisPoolTimeout(PoolTimeout, RedisConnectionError):
@@ -242,9 +258,13 @@ class GeventPool(ConnectionPool):
         )
         self._suspects: Set[int] = set()
         if old is not None:
+            self._pool._stats.events = old._stats.events  # the listeners (greenpool.events) stay with the pool
             old.close()
+        else:
+            self._reconnect_log = RateLimited(logger)
         self.pid = os.getpid()
         _LIVE_POOLS.add(self)
+        _follow_redis_metrics(self)  # redis-py's own connection metrics, while its observability is on
 
     def _checkpid(self) -> None:
         # The core resets itself in a fork's child (its pool starts empty and never touches the parent's
@@ -375,6 +395,8 @@ class GeventPool(ConnectionPool):
             if self._suspects:
                 self._verify_suspect(connection)
             if not self._is_connected(connection):
+                if self._is_connected is not _never_connected:
+                    self._reconnect_log.log(logging.INFO, "%s: reconnecting an idle connection", self._pool.name)
                 self._new_connection(connection)
         except BaseException:
             pool.release(connection, discard=True)
@@ -541,6 +563,10 @@ class GeventPool(ConnectionPool):
     def pop_stats(self) -> Dict[str, Union[int, float, str]]:
         """Return :meth:`get_stats` and reset its totals to zero."""
         return self._pool.pop_stats()
+
+    def get_histograms(self) -> Dict[str, HistogramSnapshot]:
+        """Return the core pool's duration histograms (see :meth:`greenpool.Pool.get_histograms`)."""
+        return self._pool.get_histograms()
 
     def prewarm(self) -> None:
         """Open connections until ``min_connections`` are open; blocks while they connect.
