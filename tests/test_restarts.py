@@ -57,7 +57,7 @@ def redis_pool(kind: str, server: Any, **extra: Any) -> Any:
         "socket_timeout": 5,
     }
     if kind == "mux":
-        return RedisMuxPool(connections=2, **kwargs)
+        return RedisMuxPool(shared_connections=2, **kwargs)
     return GeventPool(**kwargs)
 
 
