@@ -304,6 +304,10 @@ class DeferredRequest:
         self.n = n
         self.seq = seq
 
+    def waiting(self) -> int:
+        """How many of its greenlets still wait (the others gave up)."""
+        return self.n
+
 
 class MuxShared:
     """What the shared sockets of one multiplexer share: the in-flight permits, the requests waiting for one,
@@ -432,7 +436,7 @@ def mux_stats(shared: MuxShared, sockets: List[MuxIO]) -> Dict[str, int]:
         "mux_sockets_up": sum(1 for sock in sockets if sock.state == UP),
         "mux_in_flight": shared.in_flight,
         "mux_max_in_flight": shared.max_in_flight,
-        "mux_waiting": sum(request.n for request in shared.deferred),
+        "mux_waiting": sum(request.waiting() for request in shared.deferred),
         "mux_requests": shared.requests,
         "mux_replies": shared.replies,
         "mux_error_replies": shared.error_replies,

@@ -169,6 +169,9 @@ class _DeferredCommands(DeferredRequest):
         super().__init__(sock, data, len(waiters), seq)
         self.waiters = waiters
 
+    def waiting(self) -> int:
+        return sum(1 for waiter in self.waiters if waiter.state == _WAITING)
+
 
 def _resume_if_parked(waiter: _Waiter, glet: Any) -> None:
     """Hub callback: resume ``glet`` if it still waits on ``waiter``."""

@@ -107,7 +107,7 @@ def run_mux(server: Server, k: int, seconds: float = 2.0, warmup: float = 0.5, c
     """K greenlets share one :class:`~greenpool.tarantool_mux.TarantoolMux`."""
     from greenpool.tarantool_mux import TarantoolMux
 
-    with TarantoolMux(server.host, server.port, server.user, server.password, connections=connections) as mux:
+    with TarantoolMux(server.host, server.port, server.user, server.password, shared_connections=connections) as mux:
         mux.ping()
         return _drive("mux", k, lambda i, values: mux.replace(SPACE, values), seconds, warmup)
 

@@ -488,8 +488,8 @@ class MuxTarantool(Contender):
             target.port,
             user=target.user,
             password=target.password,
-            connections=self.connections,
-            timeout=timeout,
+            shared_connections=self.connections,
+            socket_timeout=timeout,
         )
 
         def make_op(action: Callable[[Any], Any]) -> Callable[[], None]:
@@ -502,7 +502,7 @@ class MuxTarantool(Contender):
             return op
 
         ops = [make_op(target.action_for(i)) for i in range(greenlets)]
-        return Workload(ops, mux.close, lambda: int(mux.get_stats()["connects"]))
+        return Workload(ops, mux.close, lambda: int(mux.get_stats()["mux_connects"]))
 
 
 class AsynctntTarantool(Contender):

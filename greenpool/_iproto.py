@@ -1,0 +1,365 @@
+"""The IPROTO codec of ``greenpool.TarantoolMux``: request packing, the greeting, chap-sha1 authentication and a
+reply reader that frames the stream before it decodes it.
+
+Nothing here touches a socket or a greenlet, so all of it is tested (and fuzzed) without a server. A request is
+``<length> <header map> <body map>``; the header carries the request type, the ``sync`` that the reply repeats,
+and, for a request built from names resolved through the schema, the schema version they were resolved at.
+The bodies are the maps tarantool-python's request builders (``tarantool.request``) pack, key for key, so the
+bytes are the same. :class:`ReplyReader` cuts the stream into replies by their length prefix first, then decodes
+each one's header and body: a body that cannot be decoded fails only its own request.
+
+Depends on msgpack and tarantool-python (its error and MessagePack extension types).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import msgpack
+
+try:
+    from tarantool.error import DatabaseError
+    from tarantool.msgpack_ext.unpacker import ext_hook as _ext_hook
+    from tarantool.types import decode_box_error
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("greenpool.TarantoolMux needs tarantool-python: pip install 'greenpool[tarantool]'") from exc
+
+__all__ = [
+    "GREETING_SIZE",
+    "ITERATORS",
+    "ProtocolError",
+    "ReplyReader",
+    "auth_body",
+    "new_unpacker",
+    "pack_header",
+    "parse_greeting",
+    "scramble",
+]
+
+# Header and body keys.
+REQUEST_TYPE, SYNC, SCHEMA_VERSION = 0x00, 0x01, 0x05
+SPACE_ID, INDEX_ID, LIMIT, OFFSET, ITERATOR = 0x10, 0x11, 0x12, 0x13, 0x14
+KEY, TUPLE, FUNCTION_NAME, USER_NAME, EXPR, OPS = 0x20, 0x21, 0x22, 0x23, 0x27, 0x28
+DATA, ERROR_24, SQL_TEXT, SQL_BIND, ERROR = 0x30, 0x31, 0x40, 0x41, 0x52
+
+# Request types.
+SELECT, INSERT, REPLACE, UPDATE, DELETE, AUTH = 1, 2, 3, 4, 5, 7
+EVAL, UPSERT, CALL, EXECUTE, PING = 8, 9, 10, 11, 64
+# Reply types besides OK (0): an out-of-band push, and the error bit (the rest is the error code).
+CHUNK = 0x80
+TYPE_ERROR = 0x8000
+ER_WRONG_SCHEMA_VERSION = 109
+
+GREETING_SIZE = 128
+
+#: Iterator names accepted by ``TarantoolMux.select`` besides the numbers tarantool-python takes.
+ITERATORS: Dict[str, int] = {
+    "EQ": 0,
+    "REQ": 1,
+    "ALL": 2,
+    "LT": 3,
+    "LE": 4,
+    "GE": 5,
+    "GT": 6,
+    "BITS_ALL_SET": 7,
+    "BITS_ANY_SET": 8,
+    "BITS_ALL_NOT_SET": 9,
+    "OVERLAPS": 10,
+    "NEIGHBOR": 11,
+}
+
+# The header is packed by hand, with the length as a uint32 and the sync (and schema version) as uint64: valid
+# MessagePack for any value, one struct call.
+_HEADER = struct.Struct(">BIBBBBBQ")  # 0xce len | 0x82 0x00 type 0x01 0xcf sync
+_HEADER_SV = struct.Struct(">BIBBBBBQBBQ")  # ... | 0x83 ... 0x05 0xcf schema_version
+_HEADER_LEN = _HEADER.size - 5
+_HEADER_SV_LEN = _HEADER_SV.size - 5
+_U8, _U16, _U32, _U64 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
+# MessagePack's unsigned integer markers -> the struct after them (a positive fixint is its own value).
+_UINTS = {0xCC: _U8, 0xCD: _U16, 0xCE: _U32, 0xCF: _U64}
+
+
+class ProtocolError(Exception):
+    """The reply stream cannot be followed (a length prefix or a reply header that does not decode)."""
+
+
+# ---------------------------------------------------------------------- requests
+
+
+def pack_header(code: int, sync: int, body_length: int, schema_version: Optional[int] = None) -> bytes:
+    """The length prefix and header of a request of type ``code`` whose packed body is ``body_length`` bytes."""
+    if schema_version is None:
+        return _HEADER.pack(0xCE, _HEADER_LEN + body_length, 0x82, REQUEST_TYPE, code, SYNC, 0xCF, sync)
+    return _HEADER_SV.pack(
+        0xCE, _HEADER_SV_LEN + body_length, 0x83, REQUEST_TYPE, code, SYNC, 0xCF, sync, SCHEMA_VERSION, 0xCF,
+        schema_version,
+    )  # fmt: skip
+
+
+def select_body(sid: int, iid: int, offset: int, limit: int, iterator: int, key: Any) -> Dict[int, Any]:
+    return {SPACE_ID: sid, INDEX_ID: iid, OFFSET: offset, LIMIT: limit, ITERATOR: iterator, KEY: key}
+
+
+def store_body(sid: int, values: Any) -> Dict[int, Any]:
+    """The body of an INSERT or a REPLACE."""
+    return {SPACE_ID: sid, TUPLE: values}
+
+
+def delete_body(sid: int, iid: int, key: Any) -> Dict[int, Any]:
+    return {SPACE_ID: sid, INDEX_ID: iid, KEY: key}
+
+
+def update_body(sid: int, iid: int, key: Any, ops: Any) -> Dict[int, Any]:
+    return {SPACE_ID: sid, INDEX_ID: iid, KEY: key, TUPLE: ops}
+
+
+def upsert_body(sid: int, iid: int, tuple_value: Any, ops: Any) -> Dict[int, Any]:
+    return {SPACE_ID: sid, INDEX_ID: iid, TUPLE: tuple_value, OPS: ops}
+
+
+def call_body(function_name: str, arguments: Any) -> Dict[int, Any]:
+    return {FUNCTION_NAME: function_name, TUPLE: arguments}
+
+
+def eval_body(expr: str, arguments: Any) -> Dict[int, Any]:
+    return {EXPR: expr, TUPLE: arguments}
+
+
+def execute_body(query: str, bind: Any) -> Dict[int, Any]:
+    return {SQL_TEXT: query, SQL_BIND: bind}
+
+
+# ---------------------------------------------------------------------- greeting and authentication
+
+
+def parse_greeting(greeting: bytes, address: str) -> Tuple[int, bytes]:
+    """Return ``(version_id, salt)`` from the 128-byte greeting, or raise ``ValueError`` saying what is wrong
+    (naming ``address``)."""
+    try:
+        line = greeting[:64].decode().strip()
+        product, version, protocol = line.split(" ")[:3]
+        if product != "Tarantool":
+            raise ValueError(line)
+        major, minor, patch = (int(part) for part in version.split("-")[0].split(".")[:3])
+        salt = base64.b64decode(greeting[64:108].strip())[:20]
+    except (ValueError, UnicodeDecodeError, TypeError):
+        raise ValueError(f"{address} did not send a Tarantool greeting") from None
+    if protocol != "(Binary)":
+        raise ValueError(f"{address} speaks {protocol.strip('()')}, not the binary protocol")
+    return (major << 16) | (minor << 8) | patch, salt
+
+
+def scramble(salt: bytes, password: str) -> bytes:
+    """chap-sha1: ``sha1(password) xor sha1(salt + sha1(sha1(password)))``."""
+    hash1 = hashlib.sha1(password.encode()).digest()
+    hash2 = hashlib.sha1(hash1).digest()
+    hash3 = hashlib.sha1(salt[:20] + hash2).digest()
+    return bytes(a ^ b for a, b in zip(hash1, hash3))
+
+
+def auth_body(user: str, salt: bytes, password: str) -> Dict[int, Any]:
+    """The body of a chap-sha1 AUTH request (sent with ``schema_version=0``, as tarantool-python does)."""
+    return {USER_NAME: user, TUPLE: ("chap-sha1", scramble(salt, password))}
+
+
+def auth_error(code: int, body: Any) -> Tuple[int, str]:
+    """The error code and message of a refused authentication (its reply's type and body)."""
+    message = body.get(ERROR_24, "") if isinstance(body, dict) else ""
+    return code & (TYPE_ERROR - 1), str(message)
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def new_unpacker() -> Any:
+    """An unpacker of replies: strings as ``str``, arrays as lists, Tarantool's extension types decoded."""
+    return msgpack.Unpacker(
+        use_list=True, raw=False, strict_map_key=False, ext_hook=_unpack_ext, max_buffer_size=2**31 - 1
+    )
+
+
+def _unpack_ext(code: int, data: bytes) -> Any:
+    return _ext_hook(code, data, msgpack.Unpacker(use_list=True, raw=False, strict_map_key=False))
+
+
+def error_reply(code: int, body: Any) -> DatabaseError:
+    """The ``DatabaseError`` an error reply (type ``code``, with the error bit) stands for."""
+    message = body.get(ERROR_24, "") if body.__class__ is dict else ""
+    extra = body.get(ERROR) if body.__class__ is dict else None
+    return DatabaseError(
+        code & (TYPE_ERROR - 1), message, extra_info=decode_box_error(extra) if extra is not None else None
+    )
+
+
+#: One decoded reply: its sync, its type (0: OK, else the error bit and code) and its body as a dict, or the
+#: exception its request raises (the server's ``DatabaseError``, or why its body could not be decoded).
+Reply = Tuple[int, int, Any]
+
+
+class ReplyReader:
+    """Cuts a reply stream into replies and decodes them, a batch at a time.
+
+    :meth:`append` a chunk, then :meth:`take` replies until it returns fewer than asked for (then the reader has
+    kept the incomplete rest, and the chunk may be reused); :meth:`feed` does both. Each reply is framed by its
+    length prefix before anything in it is decoded, so a body that does not decode becomes its own request's
+    error (what msgpack raised, such as ``UnicodeDecodeError``, as tarantool-python raises it) and the reader
+    goes on with the next reply. Out-of-band
+    pushes (``box.session.push``) are skipped. ``schema_version`` is the highest the replies carried.
+
+    After a length prefix or a reply header that does not decode, :meth:`take` returns what it decoded before
+    and sets ``broken`` to the reason; the stream cannot be followed any more (no reply can be matched).
+    """
+
+    __slots__ = ("_data", "_pos", "_rest", "_unpacker", "broken", "schema_version")
+
+    def __init__(self) -> None:
+        self._rest = bytearray()  # the incomplete reply at the end of the last chunk
+        self._data: Any = memoryview(b"")  # what take() reads, from _pos
+        self._pos = 0
+        self._unpacker = new_unpacker()
+        self.schema_version = 0
+        self.broken: Optional[str] = None
+
+    def feed(self, chunk: Any) -> List[Reply]:
+        """Append ``chunk`` and return every reply it completes, in order (:data:`Reply` tuples)."""
+        self.append(chunk)
+        replies: List[Reply] = []
+        while True:
+            batch = self.take(1024)
+            replies.extend(batch)
+            if len(batch) < 1024:
+                return replies
+
+    def append(self, chunk: Any) -> None:
+        """Add ``chunk`` (bytes or a memoryview, read until :meth:`take` has returned short) to the stream."""
+        if self._rest:
+            self._data.release()
+            self._rest += chunk
+            self._data = memoryview(self._rest)
+        else:
+            self._data = chunk if chunk.__class__ is memoryview else memoryview(chunk)
+        self._pos = 0
+
+    def take(self, limit: int) -> List[Reply]:
+        """Decode up to ``limit`` complete replies; fewer means the stream is consumed to an incomplete reply
+        (kept for the next chunk) or is broken (``broken`` says why)."""
+        data, pos, unpacker = self._data, self._pos, self._unpacker
+        size = len(data)
+        replies: List[Reply] = []
+        while len(replies) < limit and self.broken is None:
+            if pos >= size:
+                break
+            marker = data[pos]
+            if marker < 0x80:
+                start, length = pos + 1, marker
+            else:
+                word = _UINTS.get(marker)
+                if word is None:
+                    self.broken = f"a reply's length prefix starts with byte 0x{marker:02x}"
+                    break
+                start = pos + 1 + word.size
+                if start > size:
+                    break
+                length = word.unpack_from(data, pos + 1)[0]
+            end = start + length
+            if end > size:
+                break
+            pos = end
+            unpacker.feed(data[start:end])
+            reply = self._decode(unpacker, length)
+            if reply is not None:
+                replies.append(reply)
+            unpacker = self._unpacker
+        self._pos = pos
+        if len(replies) < limit:
+            self._keep_rest(data, pos)
+        return replies
+
+    def _decode(self, unpacker: Any, length: int) -> Optional[Reply]:
+        """Decode the reply just fed to ``unpacker`` (``length`` bytes); None for a push or a broken header."""
+        origin = unpacker.tell()
+        try:
+            header = unpacker.unpack()
+        except Exception as exc:
+            self.broken = f"a reply header does not decode ({exc!r})"
+            return None
+        if header.__class__ is not dict:
+            self.broken = f"a reply header is {header!r}"
+            return None
+        code = header.get(REQUEST_TYPE, 0)
+        version = header.get(SCHEMA_VERSION)
+        if version is not None and version.__class__ is int and version > self.schema_version:
+            self.schema_version = version
+        body: Any = {}
+        if unpacker.tell() - origin < length:
+            try:
+                body = unpacker.unpack()
+            except Exception as exc:
+                self._unpacker = new_unpacker()  # its state after a failure is unknown: start afresh
+                return (header.get(SYNC, -1), code, exc)  # what tarantool-python raises too
+            if unpacker.tell() - origin != length:  # a frame with more in it than a header and a body
+                self._unpacker = new_unpacker()
+        if code == CHUNK:
+            return None
+        if code:
+            return (header.get(SYNC, -1), code, error_reply(code, body))
+        return (header.get(SYNC, -1), 0, body)
+
+    def _keep_rest(self, data: Any, pos: int) -> None:
+        if data.obj is self._rest:
+            if pos:
+                rest = bytearray(data[pos:])
+                data.release()
+                self._rest = rest
+            else:
+                data.release()
+        else:
+            self._rest = bytearray(data[pos:])
+        self._data = memoryview(b"")
+        self._pos = 0
+
+
+def check_values(name: str, value: Any) -> None:
+    if value.__class__ is not list and not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list or a tuple, got {value!r} ({type(value).__name__})")
+
+
+def check_ops(op_list: Any) -> None:
+    check_values("op_list", op_list)
+    for op in op_list:
+        if not isinstance(op, (list, tuple)) or len(op) < 2:
+            raise TypeError(f"each operation in op_list must be a list or tuple like ('=', 2, value), got {op!r}")
+
+
+def check_space(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"space_name must be a str (space name) or an int (space id), got {value!r}")
+
+
+def check_index(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"index must be a str (index name) or an int (index id), got {value!r}")
+
+
+def iterator_number(iterator: Any, key: Any) -> int:
+    """``select``'s ``iterator`` as a number: ``None`` is ``EQ`` (``ALL`` for an empty key), a name of
+    :data:`ITERATORS`, or a number."""
+    if iterator is None:
+        return 2 if key is None or (isinstance(key, (list, tuple)) and len(key) == 0) else 0
+    if isinstance(iterator, str):
+        if iterator.upper() not in ITERATORS:
+            raise ValueError(f"iterator must be one of {', '.join(ITERATORS)} or a number, got {iterator!r}")
+        return ITERATORS[iterator.upper()]
+    if isinstance(iterator, bool) or not isinstance(iterator, int):
+        raise TypeError(f"iterator must be an int, got {iterator!r} ({type(iterator).__name__})")
+    if iterator < 0:
+        raise ValueError(f"iterator must be >= 0, got {iterator!r}")
+    return iterator
+
+
+def arguments(args: Sequence[Any]) -> Any:
+    """``call``/``eval`` arguments as tarantool-python takes them: one list or tuple is the argument list."""
+    return args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
