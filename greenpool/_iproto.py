@@ -136,19 +136,19 @@ def execute_body(query: str, bind: Any) -> Dict[int, Any]:
 
 
 def parse_greeting(greeting: bytes, address: str) -> Tuple[int, bytes]:
-    """Return ``(version_id, salt)`` from the 128-byte greeting, or raise ``ValueError`` saying what is wrong
-    (naming ``address``)."""
+    """Return ``(version_id, salt)`` from the 128-byte greeting (``Tarantool 2.11.1 (Binary) <uuid>``, then the
+    base64 salt), or raise ``ValueError`` saying what is wrong (naming ``address``)."""
     try:
-        line = greeting[:64].decode().strip()
-        product, version, protocol = line.split(" ")[:3]
-        if product != "Tarantool":
-            raise ValueError(line)
+        product, version, rest = greeting[:64].decode().strip().split(" ", 2)
+        if product != "Tarantool" or not rest.startswith("("):
+            raise ValueError(product)
+        protocol = rest[1 : rest.index(")")]
         major, minor, patch = (int(part) for part in version.split("-")[0].split(".")[:3])
         salt = base64.b64decode(greeting[64:108].strip())[:20]
     except (ValueError, UnicodeDecodeError, TypeError):
         raise ValueError(f"{address} did not send a Tarantool greeting") from None
-    if protocol != "(Binary)":
-        raise ValueError(f"{address} speaks {protocol.strip('()')}, not the binary protocol")
+    if protocol != "Binary":
+        raise ValueError(f"{address} speaks {protocol}, not the binary protocol")
     return (major << 16) | (minor << 8) | patch, salt
 
 
