@@ -19,6 +19,7 @@ import struct
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
+from msgpack import OutOfData
 
 try:
     from tarantool.error import DatabaseError
@@ -77,9 +78,6 @@ _HEADER = struct.Struct(">BIBBBBBQ")  # 0xce len | 0x82 0x00 type 0x01 0xcf sync
 _HEADER_SV = struct.Struct(">BIBBBBBQBBQ")  # ... | 0x83 ... 0x05 0xcf schema_version
 _HEADER_LEN = _HEADER.size - 5
 _HEADER_SV_LEN = _HEADER_SV.size - 5
-_U8, _U16, _U32, _U64 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
-# MessagePack's unsigned integer markers -> the struct after them (a positive fixint is its own value).
-_UINTS = {0xCC: _U8, 0xCD: _U16, 0xCE: _U32, 0xCF: _U64}
 
 
 class ProtocolError(Exception):
@@ -202,24 +200,25 @@ Reply = Tuple[int, int, Any]
 class ReplyReader:
     """Cuts a reply stream into replies and decodes them, a batch at a time.
 
-    :meth:`append` a chunk, then :meth:`take` replies until it returns fewer than asked for (then the reader has
-    kept the incomplete rest, and the chunk may be reused); :meth:`feed` does both. Each reply is framed by its
-    length prefix before anything in it is decoded, so a body that does not decode becomes its own request's
-    error (what msgpack raised, such as ``UnicodeDecodeError``, as tarantool-python raises it) and the reader
-    goes on with the next reply. Out-of-band
-    pushes (``box.session.push``) are skipped. ``schema_version`` is the highest the replies carried.
+    :meth:`append` a chunk, then :meth:`take` replies until it returns fewer than asked for (only then may the
+    chunk's memory be reused, and the next chunk be appended); :meth:`feed` does both. A reply is decoded only
+    once all of it has arrived, as its length prefix says; so a body that does not decode becomes its own
+    request's error (what msgpack raised, such as ``UnicodeDecodeError``, as tarantool-python raises it) and the
+    reader goes on with the next reply, which starts where the length prefix said. Out-of-band pushes
+    (``box.session.push``) are skipped. ``schema_version`` is the highest the replies carried.
 
     After a length prefix or a reply header that does not decode, :meth:`take` returns what it decoded before
     and sets ``broken`` to the reason; the stream cannot be followed any more (no reply can be matched).
     """
 
-    __slots__ = ("_data", "_pos", "_rest", "_unpacker", "broken", "schema_version")
+    __slots__ = ("_base", "_chunk", "_end", "_fed", "_unpacker", "broken", "schema_version")
 
     def __init__(self) -> None:
-        self._rest = bytearray()  # the incomplete reply at the end of the last chunk
-        self._data: Any = memoryview(b"")  # what take() reads, from _pos
-        self._pos = 0
         self._unpacker = new_unpacker()
+        self._fed = 0  # bytes fed to the unpacker (its stream positions run from 0 to this)
+        self._base = 0  # the unpacker's position of the first byte of the last chunk
+        self._chunk: Any = b""  # the last chunk, until take() has returned short
+        self._end = 0  # where the reply whose length prefix has been read ends (0: none)
         self.schema_version = 0
         self.broken: Optional[str] = None
 
@@ -234,92 +233,84 @@ class ReplyReader:
                 return replies
 
     def append(self, chunk: Any) -> None:
-        """Add ``chunk`` (bytes or a memoryview, read until :meth:`take` has returned short) to the stream."""
-        if self._rest:
-            self._data.release()
-            self._rest += chunk
-            self._data = memoryview(self._rest)
-        else:
-            self._data = chunk if chunk.__class__ is memoryview else memoryview(chunk)
-        self._pos = 0
+        """Add ``chunk`` (bytes or a memoryview, left unchanged until :meth:`take` returns short) to the stream."""
+        self._base = self._fed
+        self._fed += len(chunk)
+        self._chunk = chunk
+        self._unpacker.feed(chunk)
 
     def take(self, limit: int) -> List[Reply]:
-        """Decode up to ``limit`` complete replies; fewer means the stream is consumed to an incomplete reply
-        (kept for the next chunk) or is broken (``broken`` says why)."""
-        data, pos, unpacker = self._data, self._pos, self._unpacker
-        size = len(data)
+        """Decode up to ``limit`` complete replies; fewer means the stream is consumed up to an incomplete reply
+        (the reader keeps it) or is broken (``broken`` says why)."""
         replies: List[Reply] = []
+        unpacker = self._unpacker
         while len(replies) < limit and self.broken is None:
-            if pos >= size:
-                break
-            marker = data[pos]
-            if marker < 0x80:
-                start, length = pos + 1, marker
-            else:
-                word = _UINTS.get(marker)
-                if word is None:
-                    self.broken = f"a reply's length prefix starts with byte 0x{marker:02x}"
+            end = self._end
+            if not end:
+                try:
+                    length = unpacker.unpack()
+                except OutOfData:
                     break
-                start = pos + 1 + word.size
-                if start > size:
+                except Exception as exc:
+                    self.broken = f"a reply's length prefix does not decode ({exc!r})"
                     break
-                length = word.unpack_from(data, pos + 1)[0]
-            end = start + length
-            if end > size:
-                break
-            pos = end
-            unpacker.feed(data[start:end])
-            reply = self._decode(unpacker, length)
+                if length.__class__ is not int or length < 0:
+                    self.broken = f"a reply's length prefix is {length!r}"
+                    break
+                end = self._end = unpacker.tell() + length
+            if end > self._fed:
+                break  # not all of it has arrived
+            self._end = 0
+            reply = self._decode(unpacker, end)
+            unpacker = self._unpacker
             if reply is not None:
                 replies.append(reply)
-            unpacker = self._unpacker
-        self._pos = pos
         if len(replies) < limit:
-            self._keep_rest(data, pos)
+            self._chunk = b""
         return replies
 
-    def _decode(self, unpacker: Any, length: int) -> Optional[Reply]:
-        """Decode the reply just fed to ``unpacker`` (``length`` bytes); None for a push or a broken header."""
-        origin = unpacker.tell()
+    def _decode(self, unpacker: Any, end: int) -> Optional[Reply]:
+        """Decode the reply that ends at ``end``, all of it fed to ``unpacker``; None for a push or a broken
+        header."""
         try:
             header = unpacker.unpack()
         except Exception as exc:
             self.broken = f"a reply header does not decode ({exc!r})"
             return None
-        if header.__class__ is not dict:
-            self.broken = f"a reply header is {header!r}"
+        if header.__class__ is not dict or unpacker.tell() > end:
+            self.broken = f"a reply header is {header!r} (or runs past the reply's length)"
             return None
         code = header.get(REQUEST_TYPE, 0)
         version = header.get(SCHEMA_VERSION)
         if version is not None and version.__class__ is int and version > self.schema_version:
             self.schema_version = version
         body: Any = {}
-        if unpacker.tell() - origin < length:
+        if unpacker.tell() < end:
             try:
                 body = unpacker.unpack()
             except Exception as exc:
-                self._unpacker = new_unpacker()  # its state after a failure is unknown: start afresh
+                self._restart(end)
                 return (header.get(SYNC, -1), code, exc)  # what tarantool-python raises too
-            if unpacker.tell() - origin != length:  # a frame with more in it than a header and a body
-                self._unpacker = new_unpacker()
+            if unpacker.tell() != end:  # more in the frame than a header and a body
+                self._restart(end)
         if code == CHUNK:
             return None
         if code:
             return (header.get(SYNC, -1), code, error_reply(code, body))
         return (header.get(SYNC, -1), 0, body)
 
-    def _keep_rest(self, data: Any, pos: int) -> None:
-        if data.obj is self._rest:
-            if pos:
-                rest = bytearray(data[pos:])
-                data.release()
-                self._rest = rest
-            else:
-                data.release()
-        else:
-            self._rest = bytearray(data[pos:])
-        self._data = memoryview(b"")
-        self._pos = 0
+    def _restart(self, end: int) -> None:
+        """Go on with a new unpacker from ``end`` (the state of one that failed is unknown). Everything after
+        ``end`` is in the last chunk: replies are decoded as soon as they are complete."""
+        offset = end - self._base
+        if offset < 0:  # pragma: no cover - take() was not called until it returned short before append()
+            self.broken = "the reader lost its place"
+            return
+        rest = self._chunk[offset:]
+        self._unpacker = new_unpacker()
+        self._unpacker.feed(rest)
+        self._base -= end
+        self._fed = len(rest)
 
 
 def check_values(name: str, value: Any) -> None:

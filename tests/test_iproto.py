@@ -233,7 +233,8 @@ def test_garbage_never_raises_and_either_decodes_or_breaks_the_stream(garbage: b
 @pytest.mark.parametrize(
     ("stream", "words"),
     [
-        (b"\xa3abc", "length prefix starts with byte 0xa3"),
+        (b"\xa3abc", "length prefix is 'abc'"),
+        (b"\x01\x82", "a reply header"),
         (b"\x02\xc1\xc1", "header does not decode"),
         (b"\x01\x05", "a reply header is 5"),
     ],
