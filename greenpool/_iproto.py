@@ -74,10 +74,10 @@ ITERATORS: Dict[str, int] = {
 
 # The header is packed by hand, with the length as a uint32 and the sync (and schema version) as uint64: valid
 # MessagePack for any value, one struct call.
-_HEADER = struct.Struct(">BIBBBBBQ")  # 0xce len | 0x82 0x00 type 0x01 0xcf sync
-_HEADER_SV = struct.Struct(">BIBBBBBQBBQ")  # ... | 0x83 ... 0x05 0xcf schema_version
-_HEADER_LEN = _HEADER.size - 5
-_HEADER_SV_LEN = _HEADER_SV.size - 5
+HEADER = struct.Struct(">BIBBBBBQ")  # 0xce len | 0x82 0x00 type 0x01 0xcf sync
+HEADER_SV = struct.Struct(">BIBBBBBQBBQ")  # ... | 0x83 ... 0x05 0xcf schema_version
+_HEADER_LEN = HEADER.size - 5
+HEADER_SV_LEN = HEADER_SV.size - 5
 
 
 class ProtocolError(Exception):
@@ -90,9 +90,9 @@ class ProtocolError(Exception):
 def pack_header(code: int, sync: int, body_length: int, schema_version: Optional[int] = None) -> bytes:
     """The length prefix and header of a request of type ``code`` whose packed body is ``body_length`` bytes."""
     if schema_version is None:
-        return _HEADER.pack(0xCE, _HEADER_LEN + body_length, 0x82, REQUEST_TYPE, code, SYNC, 0xCF, sync)
-    return _HEADER_SV.pack(
-        0xCE, _HEADER_SV_LEN + body_length, 0x83, REQUEST_TYPE, code, SYNC, 0xCF, sync, SCHEMA_VERSION, 0xCF,
+        return HEADER.pack(0xCE, _HEADER_LEN + body_length, 0x82, REQUEST_TYPE, code, SYNC, 0xCF, sync)
+    return HEADER_SV.pack(
+        0xCE, HEADER_SV_LEN + body_length, 0x83, REQUEST_TYPE, code, SYNC, 0xCF, sync, SCHEMA_VERSION, 0xCF,
         schema_version,
     )  # fmt: skip
 
@@ -243,8 +243,11 @@ class ReplyReader:
         """Decode up to ``limit`` complete replies; fewer means the stream is consumed up to an incomplete reply
         (the reader keeps it) or is broken (``broken`` says why)."""
         replies: List[Reply] = []
+        if self.broken is not None:
+            return replies
         unpacker = self._unpacker
-        while len(replies) < limit and self.broken is None:
+        fed = self._fed
+        while len(replies) < limit:
             end = self._end
             if not end:
                 try:
@@ -258,13 +261,16 @@ class ReplyReader:
                     self.broken = f"a reply's length prefix is {length!r}"
                     break
                 end = self._end = unpacker.tell() + length
-            if end > self._fed:
+            if end > fed:
                 break  # not all of it has arrived
             self._end = 0
             reply = self._decode(unpacker, end)
-            unpacker = self._unpacker
+            if unpacker is not self._unpacker:  # restarted after a reply that did not decode
+                unpacker, fed = self._unpacker, self._fed
             if reply is not None:
                 replies.append(reply)
+            elif self.broken is not None:
+                break
         if len(replies) < limit:
             self._chunk = b""
         return replies

@@ -81,6 +81,8 @@ __all__ = [
 ]
 
 ITERATORS = ip.ITERATORS
+_pack_plain_header = ip.HEADER.pack
+_PLAIN_HEADER_LEN = ip.HEADER.size - 5
 _MISSING: Any = object()
 
 
@@ -284,12 +286,15 @@ class TarantoolMux(RequestMethods):
             self._rr += 1
         if sock.state != UP:
             self._connect(sock)
-        room = shared.has_room(1)
+        room = shared.in_flight < shared.max_in_flight and not shared.deferred  # has_room(1), inlined
         if not room and self.timeout == 0:
             raise MuxTimeout(0, self._no_permit_message())
         shared.requests += 1
         self._sync = sync = self._sync + 1
-        header = ip.pack_header(code, sync, len(body), schema_version)
+        if schema_version is None:  # ip.pack_header, inlined for the common case
+            header = _pack_plain_header(0xCE, _PLAIN_HEADER_LEN + len(body), 0x82, 0, code, 1, 0xCF, sync)
+        else:
+            header = ip.pack_header(code, sync, len(body), schema_version)
         glet = _green.getcurrent()
         pending = sock.pending
         pending[sync] = glet
