@@ -23,6 +23,7 @@ non-blocking ``send``. What does not fit into the socket buffer goes on when the
 from __future__ import annotations
 
 import logging
+import ssl
 import warnings
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -63,6 +64,11 @@ RawSocket: Any = get_original("socket", "socket")
 #: of greenlets.
 RESUME_BATCH = 16
 
+# What a non-blocking send or receive raises when it would block; over TLS, the SSL socket's own errors too (a TLS
+# write may need to read first, and the other way round).
+_WOULD_BLOCK = (BlockingIOError,)
+_TLS_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
 #: Socket states.
 DOWN, CONNECTING, UP = 0, 1, 2
 
@@ -90,9 +96,11 @@ class MuxIO:
         "reads",
         "sock",
         "state",
+        "tls",
         "unanswered",
         "unsent",
         "view",
+        "would_block",
         "write_watcher",
         "writes",
         "wview",
@@ -113,6 +121,8 @@ class MuxIO:
         self.generation = _green.fork_generation()
         self.connects = self.reads = self.writes = self.bytes_in = self.bytes_out = 0
         self.attempt: Optional[ConnectAttempt] = None  # the connect under way, if any
+        self.tls = False  # ``sock`` is an ``ssl.SSLSocket`` (or gevent's) in non-blocking mode
+        self.would_block: Any = _WOULD_BLOCK
 
     def admit(self, request: DeferredRequest) -> bool:
         """Take ``request`` (which has just got its permits) onto this socket, or return False when nobody waits
@@ -123,9 +133,12 @@ class MuxIO:
         """Read watcher callback (in the hub): starts with :meth:`receive`, then parses (the subclass says how)."""
         raise NotImplementedError
 
-    def start_io(self, sock: Any, loop: Any) -> None:
-        """Start driving the connected, non-blocking ``sock`` from the hub's ``loop``; the socket is up."""
+    def start_io(self, sock: Any, loop: Any, tls: bool = False) -> None:
+        """Start driving the connected, non-blocking ``sock`` from the hub's ``loop``; the socket is up. With
+        ``tls``, ``sock`` is an SSL socket whose handshake is done: its records are read and written here."""
         self.sock = sock
+        self.tls = tls
+        self.would_block = _TLS_WOULD_BLOCK if tls else _WOULD_BLOCK
         self.loop = loop
         if not self.view:
             self.view = memoryview(bytearray(_READ_SIZE))
@@ -171,6 +184,8 @@ class MuxIO:
         if self.generation != _green.fork_generation():
             self.read_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
             return 0
+        if self.tls:
+            return self.receive_tls()
         try:
             nbytes: int = self.sock.recv_into(self.view)
         except BlockingIOError:
@@ -184,6 +199,39 @@ class MuxIO:
         self.reads += 1
         self.bytes_in += nbytes
         return nbytes
+
+    def receive_tls(self) -> int:
+        """:meth:`receive` over TLS: one ``recv_into`` returns at most one TLS record (16 KB), so read until the
+        SSL socket would block or the buffer is full; when it is full with more decrypted data held by the SSL
+        object (which no watcher sees), read again at the next loop turn."""
+        sock, view = self.sock, self.view
+        nbytes = 0
+        closed = False
+        try:
+            while nbytes < len(view):
+                got: int = sock.recv_into(view[nbytes:])
+                if not got:
+                    closed = True
+                    break
+                nbytes += got
+        except _TLS_WOULD_BLOCK:
+            pass
+        except OSError as exc:
+            self.read_failed(exc)
+            return 0
+        if not nbytes:
+            if closed:
+                self.read_failed(None)
+            return 0
+        if nbytes == len(view) and sock.pending():
+            self.loop.run_callback(self._read_pending, sock)
+        self.reads += 1
+        self.bytes_in += nbytes
+        return nbytes
+
+    def _read_pending(self, sock: Any) -> None:
+        if self.sock is sock:  # not failed (and maybe reconnected) meanwhile
+            self.on_readable()
 
     def schedule_flush(self) -> None:
         """Send what is queued at the end of this loop turn (once, however much is queued meanwhile)."""
@@ -227,7 +275,7 @@ class MuxIO:
         self.unsent = 0
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except self.would_block:
             sent = 0
         except OSError as exc:
             if _green.getcurrent() is _green.get_hub():
@@ -263,7 +311,7 @@ class MuxIO:
                 self.unsent = 0
             try:
                 sent = self.sock.send(view)
-            except BlockingIOError:
+            except self.would_block:
                 self.wview = view
                 return
             except OSError as exc:

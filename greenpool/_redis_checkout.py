@@ -305,8 +305,6 @@ class MuxConnection:
         return self._dedicated is None or bool(self._dedicated.is_connected)
 
     def _needs_dedicated(self, name: Any, args: Sequence[Any]) -> bool:
-        if not self._mux._enabled:
-            return True
         cacheable = name.__class__ is str or name.__class__ is bytes
         if cacheable:
             verdict = _VERDICTS.get(name)

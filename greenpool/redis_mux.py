@@ -1,21 +1,21 @@
-"""``greenpool.RedisMuxPool``: many greenlets share one auto-pipelined Redis socket.
+"""``greenpool.RedisMuxPool``: many greenlets share one auto-pipelined Redis socket, plain or TLS.
 
 ``redis.Redis(connection_pool=RedisMuxPool(host=..., port=..., max_connections=10, timeout=1))`` works
-unchanged. :meth:`RedisMuxPool.get_connection` hands out a lightweight per-checkout proxy. Plain commands and
-non-transactional pipelines sent through it are queued on one shared socket (or ``connections=N`` sockets):
-a command goes out at once while the server has at most a quarter as much work queued as waits to be sent, and
-under load
-everything queued during one turn of the gevent loop goes out in one ``send``; a read watcher (a callback in
-the hub, not a greenlet) reads what arrived, parses the replies with one ``hiredis.Reader`` and, since Redis
-answers in order, hands each reply to the oldest reply slot of that socket, switching straight to the
-greenlet parked on it. No per-request Event, AsyncResult or timer.
+unchanged. :meth:`RedisMuxPool.get_connection` hands out a lightweight per-checkout proxy
+(``greenpool._redis_checkout``). Plain commands and non-transactional pipelines sent through it are queued on one
+shared socket (or ``shared_connections=N`` sockets): a command goes out at once while the server has at most a
+quarter as much work queued as waits to be sent, and under load everything queued during one turn of the gevent
+loop goes out in one ``send``; a read watcher (a callback in the hub, not a greenlet) reads what arrived, parses
+the replies with one ``hiredis.Reader`` and, since Redis answers in order, hands each reply to the oldest waiter
+of that socket, switching straight to the greenlet parked on it. No per-request Event, AsyncResult or timer.
 
 Commands that hold per-connection state (MULTI/EXEC, WATCH, pub/sub, blocking commands, SELECT, CLIENT,
-MONITOR, AUTH, HELLO, ...) and anything that touches the connection's socket or parser make the checkout
-take a dedicated connection from the fair :class:`greenpool.GeventPool` this class extends; the checkout
-keeps it until :meth:`RedisMuxPool.release`.
+MONITOR, AUTH, HELLO, ...) and the attributes listed in :data:`DEDICATED_ATTRIBUTES` (the socket, the parser...)
+make the checkout take a dedicated connection from the fair :class:`greenpool.GeventPool` this class extends;
+the checkout keeps it until :meth:`RedisMuxPool.release`.
 
-Depends on redis-py (>= 8.0), hiredis, gevent, ``greenpool.redis`` and ``greenpool._green``.
+Depends on redis-py (>= 8.0), hiredis, gevent, ``greenpool.redis``, ``greenpool._redis_checkout``,
+``greenpool._mux`` and ``greenpool._green``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class _SharedSocket(MuxIO):
 
     def attach(self, sock: Any, loop: Any, reader: Any) -> None:
         self.reader = reader
-        self.start_io(sock, loop)
+        self.start_io(sock, loop, tls=not isinstance(sock, RawSocket))
 
     def detach(self) -> Deque[Waiter]:
         """Stop the watchers, close the socket; return the waiters of the commands that were in flight on it."""
@@ -221,11 +221,14 @@ class RedisMuxPool(GeventPool):
 
     :meth:`from_url` reads ``shared_connections`` and ``max_in_flight`` from the query string too.
 
-    Without hiredis, or with TLS (``SSLConnection``), every checkout takes a dedicated connection, as with
-    :class:`greenpool.GeventPool`. After ``os.fork()`` the child opens its own sockets on first use and
-    never touches the parent's. The shared sockets belong to the gevent hub of the first thread that sends a
-    command through them; another thread gets :class:`greenpool.errors.WrongThread` (create one pool per
-    thread).
+    Over TLS (``ssl=True``, ``rediss://``, ``connection_class=SSLConnection``) the shared sockets are multiplexed
+    too: redis-py's ``SSLConnection`` connects them (the same ``ssl_*`` arguments, certificate and host name
+    checks), then the hub reads and writes their TLS records without blocking. The replies are parsed with hiredis:
+    without it the constructor raises ``ImportError`` naming the package.
+
+    After ``os.fork()`` the child opens its own sockets on first use and never touches the parent's. The shared
+    sockets belong to the gevent hub of the first thread that sends a command through them; another thread gets
+    :class:`greenpool.errors.WrongThread` (create one pool per thread).
     """
 
     _url_extras: ClassVar[Mapping[str, Callable[[str], Any]]] = {
@@ -258,7 +261,11 @@ class RedisMuxPool(GeventPool):
         self._decode = bool(encoder.decode_responses)
         self._encoding = encoder.encoding
         self._encoding_errors = encoder.encoding_errors
-        self._enabled = hiredis is not None and not isinstance(template, SSLConnection)
+        if hiredis is None:
+            raise ImportError(
+                "RedisMuxPool parses the shared sockets' replies with hiredis: pip install hiredis "
+                "(or 'greenpool[redis]'); without it, use greenpool.GeventPool"
+            )
         self._socket_timeout: Optional[float] = self.connection_kwargs.get("socket_timeout")
         self._mux_ready = True
         self._mux_setup()
@@ -364,14 +371,18 @@ class RedisMuxPool(GeventPool):
         )
 
     def _open(self) -> Any:
-        """Connect a redis-py connection (within the connect bound), then take its socket as a non-blocking
-        stdlib socket. Blocks this greenlet."""
+        """Connect a redis-py connection (within the connect bound: TCP connect, TLS handshake with redis-py's
+        certificate checks, AUTH/HELLO/SELECT), then take its socket: a plain one as a non-blocking stdlib socket,
+        a TLS one (``SSLConnection``) as it is, set non-blocking. Blocks this greenlet."""
         connection = self._new_connection()
         try:
-            gsock = connection._sock
-            family = gsock.family
-            fd = gsock.detach()
+            sock = connection._sock
             connection._sock = None
+            if isinstance(connection, SSLConnection):
+                sock.setblocking(False)
+                return sock
+            family = sock.family
+            fd = sock.detach()
         finally:
             connection.disconnect()
         raw = RawSocket(family, _socket_module.SOCK_STREAM, 0, fileno=fd)
