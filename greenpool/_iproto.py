@@ -31,7 +31,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = [
     "GREETING_SIZE",
     "ITERATORS",
-    "ProtocolError",
     "ReplyReader",
     "auth_body",
     "new_unpacker",
@@ -80,8 +79,7 @@ _HEADER_LEN = HEADER.size - 5
 HEADER_SV_LEN = HEADER_SV.size - 5
 
 
-class ProtocolError(Exception):
-    """The reply stream cannot be followed (a length prefix or a reply header that does not decode)."""
+_FAILED: Any = object()  # a body that did not decode
 
 
 # ---------------------------------------------------------------------- requests
@@ -246,12 +244,12 @@ class ReplyReader:
         if self.broken is not None:
             return replies
         unpacker = self._unpacker
-        fed = self._fed
+        unpack, tell, fed = unpacker.unpack, unpacker.tell, self._fed
         while len(replies) < limit:
             end = self._end
             if not end:
                 try:
-                    length = unpacker.unpack()
+                    length = unpack()
                 except OutOfData:
                     break
                 except Exception as exc:
@@ -260,50 +258,42 @@ class ReplyReader:
                 if length.__class__ is not int or length < 0:
                     self.broken = f"a reply's length prefix is {length!r}"
                     break
-                end = self._end = unpacker.tell() + length
+                end = self._end = tell() + length
             if end > fed:
                 break  # not all of it has arrived
             self._end = 0
-            reply = self._decode(unpacker, end)
-            if unpacker is not self._unpacker:  # restarted after a reply that did not decode
-                unpacker, fed = self._unpacker, self._fed
-            if reply is not None:
-                replies.append(reply)
-            elif self.broken is not None:
+            try:
+                header = unpack()
+            except Exception as exc:
+                self.broken = f"a reply header does not decode ({exc!r})"
                 break
+            if header.__class__ is not dict or tell() > end:
+                self.broken = f"a reply header is {header!r} (or runs past the reply's length)"
+                break
+            version = header.get(SCHEMA_VERSION)
+            if version is not None and version.__class__ is int and version > self.schema_version:
+                self.schema_version = version
+            body: Any = {}
+            if tell() < end:
+                try:
+                    body = unpack()
+                except Exception as exc:  # this reply alone fails, with what tarantool-python raises too
+                    replies.append((header.get(SYNC, -1), header.get(REQUEST_TYPE, 0), exc))
+                    body = _FAILED
+                if body is _FAILED or tell() != end:  # a failed unpacker's state is unknown: start afresh
+                    self._restart(end)
+                    unpacker = self._unpacker
+                    unpack, tell, fed = unpacker.unpack, unpacker.tell, self._fed
+                    if body is _FAILED:
+                        continue
+            code = header.get(REQUEST_TYPE, 0)
+            if not code:
+                replies.append((header.get(SYNC, -1), 0, body))
+            elif code != CHUNK:  # an out-of-band push is no reply
+                replies.append((header.get(SYNC, -1), code, error_reply(code, body)))
         if len(replies) < limit:
             self._chunk = b""
         return replies
-
-    def _decode(self, unpacker: Any, end: int) -> Optional[Reply]:
-        """Decode the reply that ends at ``end``, all of it fed to ``unpacker``; None for a push or a broken
-        header."""
-        try:
-            header = unpacker.unpack()
-        except Exception as exc:
-            self.broken = f"a reply header does not decode ({exc!r})"
-            return None
-        if header.__class__ is not dict or unpacker.tell() > end:
-            self.broken = f"a reply header is {header!r} (or runs past the reply's length)"
-            return None
-        code = header.get(REQUEST_TYPE, 0)
-        version = header.get(SCHEMA_VERSION)
-        if version is not None and version.__class__ is int and version > self.schema_version:
-            self.schema_version = version
-        body: Any = {}
-        if unpacker.tell() < end:
-            try:
-                body = unpacker.unpack()
-            except Exception as exc:
-                self._restart(end)
-                return (header.get(SYNC, -1), code, exc)  # what tarantool-python raises too
-            if unpacker.tell() != end:  # more in the frame than a header and a body
-                self._restart(end)
-        if code == CHUNK:
-            return None
-        if code:
-            return (header.get(SYNC, -1), code, error_reply(code, body))
-        return (header.get(SYNC, -1), 0, body)
 
     def _restart(self, end: int) -> None:
         """Go on with a new unpacker from ``end`` (the state of one that failed is unknown). Everything after

@@ -110,7 +110,10 @@ class DeferredSyncRequest(DeferredRequest):
     __slots__ = ("glet",)
 
     def __init__(self, sock: SharedSocket, data: List[bytes], sync: int, glet: Any) -> None:
-        super().__init__(sock, data, 1, sync)
+        self.sock = sock  # DeferredRequest.__init__, written out: one request is made per request over the limit
+        self.data = data
+        self.n = 1
+        self.seq = sync
         self.glet = glet
 
     def waiting(self) -> int:

@@ -24,6 +24,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 __all__ = ["MuxResponse", "MuxResponseExecute", "RequestMethods"]
 
+_SPACE_ID, _TUPLE = ip.SPACE_ID, ip.TUPLE
+
 
 class MuxResponse(Response):  # type: ignore[misc]
     """A ``tarantool.response.Response`` built from an already parsed reply (no second unpacking)."""
@@ -161,11 +163,12 @@ class RequestMethods:
     def _store(self, code: int, space_name: Any, values: Any) -> Any:
         if values.__class__ is not list:
             ip.check_values("values", values)
+        # ip.store_body, inlined on the hot path.
         if space_name.__class__ is int:
-            return self._request(code, self._pack(ip.store_body(space_name, values)), None, MuxResponse)
+            return self._request(code, self._pack({_SPACE_ID: space_name, _TUPLE: values}), None, MuxResponse)
         sid = self._space_ids.get(space_name) if space_name.__class__ is str else None
         if sid is not None:
-            payload = self._pack(ip.store_body(sid, values))
+            payload = self._pack({_SPACE_ID: sid, _TUPLE: values})
             try:
                 return self._request(code, payload, self._shared.schema_version, MuxResponse)
             except DatabaseError as exc:
