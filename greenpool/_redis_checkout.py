@@ -22,6 +22,7 @@ __all__ = [
     "ANSWERED",
     "DEDICATED_ATTRIBUTES",
     "DEDICATED_COMMANDS",
+    "TEMPLATE_METHODS",
     "WAITING",
     "MuxConnection",
     "Waiter",
@@ -108,6 +109,10 @@ DEDICATED_ATTRIBUTES: FrozenSet[str] = frozenset(
     }
 )
 
+#: Methods of redis-py's ``Connection`` a checkout without a dedicated connection calls on the template: they read
+#: configuration only (redis-py's client calls ``extract_connection_details`` to log a failure).
+TEMPLATE_METHODS: FrozenSet[str] = frozenset({"extract_connection_details", "get_protocol", "repr_pieces"})
+
 # Waiter states: the reply has not come, it came (``value``), or the greenlet gave up (its late reply is dropped).
 WAITING, ANSWERED, ABANDONED = 0, 1, 2
 
@@ -192,7 +197,7 @@ class MuxConnection:
         if self._dedicated is not None or name in DEDICATED_ATTRIBUTES:
             return getattr(self._dedicate(), name)
         value = getattr(self._mux._template, name)  # AttributeError for what a connection does not have
-        if not callable(value):
+        if not callable(value) or name in TEMPLATE_METHODS:
             return value
         warnings.warn(
             f"RedisMuxPool: {name!r} is not known to be safe on a shared socket; the checkout took a dedicated "

@@ -173,8 +173,10 @@ def test_connection_attributes_are_served_without_a_dedicated_connection_unless_
         with pytest.raises(AttributeError):
             conn.no_such_attribute  # noqa: B018
         assert pool.get_stats()["mux_dedicated_checkouts"] == 0
-        with pytest.warns(RuntimeWarning, match="'repr_pieces' is not known to be safe on a shared socket"):
-            conn.repr_pieces  # noqa: B018
+        assert conn.get_protocol() == pool._template.get_protocol() and not conn.dedicated
+        assert isinstance(conn.extract_connection_details(), str) and not conn.dedicated
+        with pytest.warns(RuntimeWarning, match="'get_skipped_end_notifications' is not known to be safe"):
+            conn.get_skipped_end_notifications  # noqa: B018
         assert conn.dedicated and pool.get_stats()["mux_dedicated_checkouts"] == 1
     finally:
         pool.release(conn)
