@@ -48,6 +48,7 @@ from greenpool._redis_checkout import (
     ANSWERED,
     DEDICATED_ATTRIBUTES,
     DEDICATED_COMMANDS,
+    TEMPLATE_METHODS,
     WAITING,
     MuxConnection,
     Waiter,
@@ -65,7 +66,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     hiredis = None  # type: ignore[assignment]
     _PushNotification = None
 
-__all__ = ["DEDICATED_ATTRIBUTES", "DEDICATED_COMMANDS", "RedisMuxPool"]
+__all__ = ["DEDICATED_ATTRIBUTES", "DEDICATED_COMMANDS", "TEMPLATE_METHODS", "RedisMuxPool"]
 
 _NOT_ENOUGH_DATA: Any = object()
 
