@@ -401,9 +401,11 @@ class MuxShared:
             if self.in_flight and self.in_flight + n > self.max_in_flight:
                 return
             deferred.popleft()
-            if request.sock.admit(request):
+            sock = request.sock
+            if sock.admit(request):
                 self.in_flight += n
-                request.sock.queue(request.data, n)
+                sock.out.extend(request.data)  # sock.queue(), written out: this runs once per deferred request
+                sock.pushed(n)
 
     def waiting_since(self, seq: int) -> bool:
         """Whether the request numbered ``seq`` (still waiting for something) waits for a permit rather than for

@@ -145,10 +145,10 @@ class SharedSocket(MuxIO):
         return pending
 
     def admit(self, request: DeferredRequest) -> bool:
-        assert isinstance(request, DeferredSyncRequest)
         sync = request.seq
-        if self.pending.get(sync) is not request.glet:  # its greenlet gave up, or its socket was lost, meanwhile
-            self.pending.pop(sync, None)
+        pending = self.pending
+        if pending.get(sync) is not request.glet:  # type: ignore[attr-defined]  # a DeferredSyncRequest
+            pending.pop(sync, None)  # its greenlet gave up, or its socket was lost, meanwhile
             return False
         self.shared.sent_sync = sync
         return True

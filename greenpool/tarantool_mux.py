@@ -81,8 +81,8 @@ __all__ = [
 ]
 
 ITERATORS = ip.ITERATORS
-_pack_plain_header = ip.HEADER.pack
-_PLAIN_HEADER_LEN = ip.HEADER.size - 5
+_pack_header, _HEADER_LEN = ip.HEADER.pack, ip.HEADER.size - 5
+_pack_header_sv, _HEADER_SV_LEN = ip.HEADER_SV.pack, ip.HEADER_SV.size - 5
 _MISSING: Any = object()
 
 
@@ -291,10 +291,12 @@ class TarantoolMux(RequestMethods):
             raise MuxTimeout(0, self._no_permit_message())
         shared.requests += 1
         self._sync = sync = self._sync + 1
-        if schema_version is None:  # ip.pack_header, inlined for the common case
-            header = _pack_plain_header(0xCE, _PLAIN_HEADER_LEN + len(body), 0x82, 0, code, 1, 0xCF, sync)
+        if schema_version is None:  # ip.pack_header, written out: this runs once per request
+            header = _pack_header(0xCE, _HEADER_LEN + len(body), 0x82, 0, code, 1, 0xCF, sync)
         else:
-            header = ip.pack_header(code, sync, len(body), schema_version)
+            header = _pack_header_sv(
+                0xCE, _HEADER_SV_LEN + len(body), 0x83, 0, code, 1, 0xCF, sync, 5, 0xCF, schema_version
+            )
         glet = _green.getcurrent()
         pending = sock.pending
         pending[sync] = glet
