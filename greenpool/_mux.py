@@ -125,8 +125,9 @@ class MuxIO:
         self.would_block: Any = _WOULD_BLOCK
 
     def admit(self, request: DeferredRequest) -> bool:
-        """Take ``request`` (which has just got its permits) onto this socket, or return False when nobody waits
-        for it any more or it cannot be sent (then its waiters have been failed). Never blocks."""
+        """Take ``request``, which is given its permits if this returns True, onto this socket: put what it sends
+        in ``out`` (:meth:`pushed` follows). Return False when nobody waits for it any more or it cannot be sent
+        (then its waiters have been failed). Never blocks."""
         raise NotImplementedError
 
     def on_readable(self) -> None:
@@ -340,15 +341,14 @@ class ConnectAttempt:
 
 
 class DeferredRequest:
-    """Requests waiting for in-flight permits: ``n`` requests packed in ``data``, for socket ``sock``, queued
-    at sequence number ``seq`` (a multiplexer-wide count of requests made, so that ``seq`` orders them).
-    A multiplexer subclasses it to say who waits for the replies."""
+    """Requests waiting for in-flight permits: ``n`` requests for socket ``sock``, queued at sequence number
+    ``seq`` (a multiplexer-wide count of requests made, so that ``seq`` orders them). A multiplexer subclasses it
+    to hold the packed requests and who waits for the replies."""
 
-    __slots__ = ("data", "n", "seq", "sock")
+    __slots__ = ("n", "seq", "sock")
 
-    def __init__(self, sock: MuxIO, data: List[Any], n: int, seq: int) -> None:
+    def __init__(self, sock: MuxIO, n: int, seq: int) -> None:
         self.sock = sock
-        self.data = data
         self.n = n
         self.seq = seq
 
@@ -404,7 +404,6 @@ class MuxShared:
             sock = request.sock
             if sock.admit(request):
                 self.in_flight += n
-                sock.out.extend(request.data)  # sock.queue(), written out: this runs once per deferred request
                 sock.pushed(n)
 
     def waiting_since(self, seq: int) -> bool:

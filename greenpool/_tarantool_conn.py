@@ -107,11 +107,12 @@ def _noop() -> None:
 class DeferredSyncRequest(DeferredRequest):
     """A request waiting for an in-flight permit: its ``sync`` is its ``seq``; ``glet`` waits for its reply."""
 
-    __slots__ = ("glet",)
+    __slots__ = ("body", "glet", "header")
 
-    def __init__(self, sock: SharedSocket, data: List[bytes], sync: int, glet: Any) -> None:
-        self.sock = sock  # DeferredRequest.__init__, written out: one request is made per request over the limit
-        self.data = data
+    def __init__(self, sock: SharedSocket, header: bytes, body: bytes, sync: int, glet: Any) -> None:
+        self.sock = sock  # DeferredRequest.__init__, written out: one is made per request over the limit
+        self.header = header
+        self.body = body
         self.n = 1
         self.seq = sync
         self.glet = glet
@@ -151,6 +152,9 @@ class SharedSocket(MuxIO):
             pending.pop(sync, None)  # its greenlet gave up, or its socket was lost, meanwhile
             return False
         self.shared.sent_sync = sync
+        out = self.out
+        out.append(request.header)  # type: ignore[attr-defined]
+        out.append(request.body)  # type: ignore[attr-defined]
         return True
 
     def send_failed(self, exc: OSError) -> None:

@@ -74,10 +74,11 @@ _NOT_ENOUGH_DATA: Any = object()
 class _DeferredCommands(DeferredRequest):
     """Commands waiting for in-flight permits, with the waiters of their replies."""
 
-    __slots__ = ("waiters",)
+    __slots__ = ("data", "waiters")
 
     def __init__(self, sock: MuxIO, data: List[Any], waiters: List[Waiter], seq: int) -> None:
-        super().__init__(sock, data, len(waiters), seq)
+        super().__init__(sock, len(waiters), seq)
+        self.data = data
         self.waiters = waiters
 
     def waiting(self) -> int:
@@ -123,6 +124,7 @@ class _SharedSocket(MuxIO):
             fail_waiters(self.shared, waiters, RedisConnectionError, "Connection lost before the command was sent.")
             return False
         self.fifo.extend(waiters)
+        self.out.extend(request.data)
         return True
 
     def send_failed(self, exc: OSError) -> None:

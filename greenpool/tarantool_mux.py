@@ -307,7 +307,7 @@ class TarantoolMux(RequestMethods):
             sock.out.append(body)
             sock.pushed()
         else:
-            shared.deferred.append(DeferredSyncRequest(sock, [header, body], sync, glet))
+            shared.deferred.append(DeferredSyncRequest(sock, header, body, sync, glet))
         switch = self._hub.switch
         try:
             value = switch()
