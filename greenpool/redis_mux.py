@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket as _socket_module
 from collections import deque
-from typing import Any, Callable, ClassVar, Deque, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -96,9 +96,11 @@ class _SharedSocket(MuxIO):
         self.reader: Any = None
         self.fifo: Deque[Waiter] = deque()
 
-    def attach(self, sock: Any, loop: Any, reader: Any) -> None:
+    def attach(self, opened: Tuple[Any, bool], loop: Any, reader: Any) -> None:
+        """Start driving ``opened``, a socket and whether it is an SSL socket (see ``RedisMuxPool._open``)."""
         self.reader = reader
-        self.start_io(sock, loop, tls=not isinstance(sock, RawSocket))
+        sock, tls = opened
+        self.start_io(sock, loop, tls=tls)
 
     def detach(self) -> Deque[Waiter]:
         """Stop the watchers, close the socket; return the waiters of the commands that were in flight on it."""
@@ -370,10 +372,10 @@ class RedisMuxPool(GeventPool):
         timeout error, or a ``ConnectionError`` that quotes the attempt's error.
         """
         connect_shared(
-            sock, self._shared, self._open, lambda raw: sock.attach(raw, self._hub.loop, _reader()), _for_waiter
+            sock, self._shared, self._open, lambda opened: sock.attach(opened, self._hub.loop, _reader()), _for_waiter
         )
 
-    def _open(self) -> Any:
+    def _open(self) -> Tuple[Any, bool]:
         """Connect a redis-py connection (within the connect bound: TCP connect, TLS handshake with redis-py's
         certificate checks, AUTH/HELLO/SELECT), then take its socket: a plain one as a non-blocking stdlib socket,
         a TLS one (``SSLConnection``) as it is, set non-blocking. Blocks this greenlet."""
@@ -383,14 +385,14 @@ class RedisMuxPool(GeventPool):
             connection._sock = None
             if isinstance(connection, SSLConnection):
                 sock.setblocking(False)
-                return sock
+                return sock, True
             family = sock.family
             fd = sock.detach()
         finally:
             connection.disconnect()
         raw = RawSocket(family, _socket_module.SOCK_STREAM, 0, fileno=fd)
         raw.setblocking(False)
-        return raw
+        return raw, False
 
     # -------------------------------------------------------------- redis-py pool API
 
