@@ -243,10 +243,11 @@ class ReplyReader:
         replies: List[Reply] = []
         if self.broken is not None:
             return replies
+        append = replies.append
         unpacker = self._unpacker
         unpack, tell, fed = unpacker.unpack, unpacker.tell, self._fed
-        while len(replies) < limit:
-            end = self._end
+        end = self._end  # where the reply being read ends, once its length prefix has been read (else 0)
+        while limit:
             if not end:
                 try:
                     length = unpack()
@@ -258,40 +259,47 @@ class ReplyReader:
                 if length.__class__ is not int or length < 0:
                     self.broken = f"a reply's length prefix is {length!r}"
                     break
-                end = self._end = tell() + length
+                end = tell() + length
             if end > fed:
                 break  # not all of it has arrived
-            self._end = 0
             try:
                 header = unpack()
             except Exception as exc:
                 self.broken = f"a reply header does not decode ({exc!r})"
                 break
-            if header.__class__ is not dict or tell() > end:
+            at = tell()
+            if header.__class__ is not dict or at > end:
                 self.broken = f"a reply header is {header!r} (or runs past the reply's length)"
                 break
-            version = header.get(SCHEMA_VERSION)
+            get = header.get
+            version = get(SCHEMA_VERSION)
             if version is not None and version.__class__ is int and version > self.schema_version:
                 self.schema_version = version
             body: Any = {}
-            if tell() < end:
+            if at < end:
                 try:
                     body = unpack()
                 except Exception as exc:  # this reply alone fails, with what tarantool-python raises too
-                    replies.append((header.get(SYNC, -1), header.get(REQUEST_TYPE, 0), exc))
+                    append((get(SYNC, -1), get(REQUEST_TYPE, 0), exc))
+                    limit -= 1
                     body = _FAILED
                 if body is _FAILED or tell() != end:  # a failed unpacker's state is unknown: start afresh
                     self._restart(end)
                     unpacker = self._unpacker
                     unpack, tell, fed = unpacker.unpack, unpacker.tell, self._fed
                     if body is _FAILED:
+                        end = 0
                         continue
-            code = header.get(REQUEST_TYPE, 0)
+            end = 0
+            code = get(REQUEST_TYPE, 0)
             if not code:
-                replies.append((header.get(SYNC, -1), 0, body))
+                append((get(SYNC, -1), 0, body))
+                limit -= 1
             elif code != CHUNK:  # an out-of-band push is no reply
-                replies.append((header.get(SYNC, -1), code, error_reply(code, body)))
-        if len(replies) < limit:
+                append((get(SYNC, -1), code, error_reply(code, body)))
+                limit -= 1
+        self._end = end
+        if limit:
             self._chunk = b""
         return replies
 
