@@ -77,7 +77,9 @@ class _DeferredCommands(DeferredRequest):
     __slots__ = ("data", "waiters")
 
     def __init__(self, sock: MuxIO, data: List[Any], waiters: List[Waiter], seq: int) -> None:
-        super().__init__(sock, len(waiters), seq)
+        self.sock = sock  # DeferredRequest.__init__, written out: one is made per command over the limit
+        self.n = len(waiters)
+        self.seq = seq
         self.data = data
         self.waiters = waiters
 
@@ -118,15 +120,14 @@ class _SharedSocket(MuxIO):
         shared.drain()
 
     def admit(self, request: DeferredRequest) -> bool:
-        assert isinstance(request, _DeferredCommands)
-        waiters = request.waiters
-        if all(waiter.state != WAITING for waiter in waiters):
+        waiters = request.waiters  # type: ignore[attr-defined]  # a _DeferredCommands
+        if waiters[0].state != WAITING if request.n == 1 else all(waiter.state != WAITING for waiter in waiters):
             return False  # every greenlet gave up before it was sent
         if self.state != UP:
             fail_waiters(self.shared, waiters, RedisConnectionError, "Connection lost before the command was sent.")
             return False
         self.fifo.extend(waiters)
-        self.out.extend(request.data)
+        self.out.extend(request.data)  # type: ignore[attr-defined]
         return True
 
     def send_failed(self, exc: OSError) -> None:
@@ -346,7 +347,8 @@ class RedisMuxPool(GeventPool):
         t = _green.monotonic() if self._socket_timeout is not None else 0.0
         waiters = [Waiter(t) for _ in range(n)] if n != 1 else [Waiter(t)]
         proxy._waiters.extend(waiters)
-        if shared.has_room(n):
+        in_flight = shared.in_flight
+        if not shared.deferred and (not in_flight or in_flight + n <= shared.max_in_flight):  # has_room(n)
             shared.in_flight += n
             sock.fifo.extend(waiters)
             sock.queue(data, n)
