@@ -1,4 +1,15 @@
-"""The socket I/O shared by the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``).
+"""What the multiplexers (``greenpool.redis_mux``, ``greenpool.tarantool_mux``) share: socket I/O, records, words.
+
+The words, used the same way in both multiplexers:
+
+- a *shared socket* (:class:`MuxIO`): one server connection that carries the requests of many greenlets;
+  ``shared_connections`` of them per multiplexer, each connecting on first use (one :class:`ConnectAttempt`
+  at a time, the other greenlets wait for it: :func:`connect_shared`);
+- an *in-flight permit*: room for one request on the shared sockets, ``max_in_flight`` of them per multiplexer
+  (:attr:`MuxShared.in_flight` are taken); a request without one waits as a :class:`DeferredRequest` in
+  :attr:`MuxShared.deferred`, first come first served, until a reply frees one (:meth:`MuxShared.drain`);
+- a *waiter*: what one request's greenlet is parked on until its reply (or its failure) comes; it is resumed
+  from the hub by :func:`resume` or :func:`resume_all`, never through an Event.
 
 :class:`MuxIO` is the base of a multiplexer's socket class: it owns the socket, its watchers, the read buffer and
 the output (:meth:`MuxIO.start_io`, :meth:`MuxIO.stop_io`); the subclass provides :meth:`MuxIO.send_failed`,
@@ -11,18 +22,59 @@ non-blocking ``send``. What does not fit into the socket buffer goes on when the
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import logging
+import ssl
+import warnings
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from gevent.event import Event
+from gevent.monkey import get_original
 
 from greenpool import _green
 
-__all__ = ["CONNECTING", "DOWN", "MAX_MUX_CONNECTIONS", "UP", "MuxIO"]
+__all__ = [
+    "CONNECTING",
+    "DOWN",
+    "MAX_SHARED_CONNECTIONS",
+    "RESUME_BATCH",
+    "UP",
+    "ConnectAttempt",
+    "DeferredRequest",
+    "MuxIO",
+    "MuxShared",
+    "UNSET",
+    "RawSocket",
+    "connect_shared",
+    "either_argument",
+    "mux_stats",
+    "renamed_argument",
+    "reset_totals",
+    "resume",
+    "resume_all",
+]
+
+logger = logging.getLogger("greenpool")
+
+#: The stdlib socket class even when ``socket`` is monkey-patched: the hub's watchers drive it directly.
+RawSocket: Any = get_original("socket", "socket")
+
+#: Replies parsed before their greenlets are resumed. Holding many more parsed replies back (hundreds) makes
+#: the collection of the young generation, hence the whole multiplexer, several times slower under thousands
+#: of greenlets.
+RESUME_BATCH = 16
+
+# What a non-blocking send or receive raises when it would block; over TLS, the SSL socket's own errors too (a TLS
+# write may need to read first, and the other way round).
+_WOULD_BLOCK = (BlockingIOError,)
+_TLS_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 #: Socket states.
 DOWN, CONNECTING, UP = 0, 1, 2
 
-#: The most shared sockets one multiplexer spreads its requests over (``connections``): each is a server
+#: The most shared sockets one multiplexer spreads its requests over (``shared_connections``): each is a server
 #: connection and a few objects made up front; a few per CPU core of the server are what helps.
-MAX_MUX_CONNECTIONS = 1024
+MAX_SHARED_CONNECTIONS = 1024
 
 _READ_SIZE = 256 * 1024
 
@@ -32,6 +84,7 @@ class MuxIO:
     (all of it runs in the hub or never blocks)."""
 
     __slots__ = (
+        "attempt",
         "bytes_in",
         "bytes_out",
         "connects",
@@ -43,9 +96,11 @@ class MuxIO:
         "reads",
         "sock",
         "state",
+        "tls",
         "unanswered",
         "unsent",
         "view",
+        "would_block",
         "write_watcher",
         "writes",
         "wview",
@@ -65,14 +120,26 @@ class MuxIO:
         self.view = memoryview(b"")  # the read buffer, made on first connect
         self.generation = _green.fork_generation()
         self.connects = self.reads = self.writes = self.bytes_in = self.bytes_out = 0
+        self.attempt: Optional[ConnectAttempt] = None  # the connect under way, if any
+        self.tls = False  # ``sock`` is an ``ssl.SSLSocket`` (or gevent's) in non-blocking mode
+        self.would_block: Any = _WOULD_BLOCK
+
+    def admit(self, request: DeferredRequest) -> bool:
+        """Take ``request``, which is given its permits if this returns True, onto this socket: put what it sends
+        in ``out`` (:meth:`pushed` follows). Return False when nobody waits for it any more or it cannot be sent
+        (then its waiters have been failed). Never blocks."""
+        raise NotImplementedError
 
     def on_readable(self) -> None:
         """Read watcher callback (in the hub): starts with :meth:`receive`, then parses (the subclass says how)."""
         raise NotImplementedError
 
-    def start_io(self, sock: Any, loop: Any) -> None:
-        """Start driving the connected, non-blocking ``sock`` from the hub's ``loop``; the socket is up."""
+    def start_io(self, sock: Any, loop: Any, tls: bool = False) -> None:
+        """Start driving the connected, non-blocking ``sock`` from the hub's ``loop``; the socket is up. With
+        ``tls``, ``sock`` is an SSL socket whose handshake is done: its records are read and written here."""
         self.sock = sock
+        self.tls = tls
+        self.would_block = _TLS_WOULD_BLOCK if tls else _WOULD_BLOCK
         self.loop = loop
         if not self.view:
             self.view = memoryview(bytearray(_READ_SIZE))
@@ -118,6 +185,8 @@ class MuxIO:
         if self.generation != _green.fork_generation():
             self.read_watcher.stop()  # the parent's socket, inherited by a child: leave it to the parent
             return 0
+        if self.tls:
+            return self.receive_tls()
         try:
             nbytes: int = self.sock.recv_into(self.view)
         except BlockingIOError:
@@ -131,6 +200,39 @@ class MuxIO:
         self.reads += 1
         self.bytes_in += nbytes
         return nbytes
+
+    def receive_tls(self) -> int:
+        """:meth:`receive` over TLS: one ``recv_into`` returns at most one TLS record (16 KB), so read until the
+        SSL socket would block or the buffer is full; when it is full with more decrypted data held by the SSL
+        object (which no watcher sees), read again at the next loop turn."""
+        sock, view = self.sock, self.view
+        nbytes = 0
+        closed = False
+        try:
+            while nbytes < len(view):
+                got: int = sock.recv_into(view[nbytes:])
+                if not got:
+                    closed = True
+                    break
+                nbytes += got
+        except _TLS_WOULD_BLOCK:
+            pass
+        except OSError as exc:
+            self.read_failed(exc)
+            return 0
+        if not nbytes:
+            if closed:
+                self.read_failed(None)
+            return 0
+        if nbytes == len(view) and sock.pending():
+            self.loop.run_callback(self._read_pending, sock)
+        self.reads += 1
+        self.bytes_in += nbytes
+        return nbytes
+
+    def _read_pending(self, sock: Any) -> None:
+        if self.sock is sock:  # not failed (and maybe reconnected) meanwhile
+            self.on_readable()
 
     def schedule_flush(self) -> None:
         """Send what is queued at the end of this loop turn (once, however much is queued meanwhile)."""
@@ -158,6 +260,11 @@ class MuxIO:
         self.flush_pending = False
         self.send()
 
+    def queue(self, data: List[Any], n: int) -> None:
+        """Queue ``data``, ``n`` requests that hold their permits (sent as :meth:`pushed` decides)."""
+        self.out.extend(data)
+        self.pushed(n)
+
     def send(self) -> None:
         """Send what is queued, as much as the socket takes now; the rest when it is writable. Never blocks."""
         out = self.out
@@ -169,7 +276,7 @@ class MuxIO:
         self.unsent = 0
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except self.would_block:
             sent = 0
         except OSError as exc:
             if _green.getcurrent() is _green.get_hub():
@@ -205,7 +312,7 @@ class MuxIO:
                 self.unsent = 0
             try:
                 sent = self.sock.send(view)
-            except BlockingIOError:
+            except self.would_block:
                 self.wview = view
                 return
             except OSError as exc:
@@ -217,3 +324,212 @@ class MuxIO:
                 self.wview = view[sent:]
                 return
             self.wview = None
+
+
+# ---------------------------------------------------------------------- records
+
+
+class ConnectAttempt:
+    """One connect of a shared socket: ``done`` is set when it ends, ``error`` is what it raised (None: it
+    succeeded). The greenlets that wait for it read both."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = Event()
+        self.error: Optional[BaseException] = None
+
+
+class DeferredRequest:
+    """Requests waiting for in-flight permits: ``n`` requests for socket ``sock``, queued at sequence number
+    ``seq`` (a multiplexer-wide count of requests made, so that ``seq`` orders them). A multiplexer subclasses it
+    to hold the packed requests and who waits for the replies."""
+
+    __slots__ = ("n", "seq", "sock")
+
+    def __init__(self, sock: MuxIO, n: int, seq: int) -> None:
+        self.sock = sock
+        self.n = n
+        self.seq = seq
+
+    def waiting(self) -> int:
+        """How many of its greenlets still wait (the others gave up)."""
+        return self.n
+
+
+class MuxShared:
+    """What the shared sockets of one multiplexer share: the in-flight permits, the requests waiting for one,
+    the counters. Kept apart from the multiplexer so that the hub's watchers (which hold the sockets, which
+    hold this) never keep the multiplexer itself alive."""
+
+    __slots__ = (
+        "closed",
+        "connect_errors",
+        "dedicated_checkouts",
+        "deferred",
+        "dropped",
+        "error_replies",
+        "failed",
+        "in_flight",
+        "max_in_flight",
+        "replies",
+        "requests",
+        "timeouts",
+    )
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # permits taken: requests sent (or queued to be sent) and not answered yet
+        self.deferred: Deque[DeferredRequest] = deque()
+        self.closed = False
+        self.requests = self.replies = self.error_replies = self.dropped = self.failed = self.timeouts = 0
+        self.connect_errors = self.dedicated_checkouts = 0
+
+    def has_room(self, n: int) -> bool:
+        """Whether ``n`` requests may take their permits now (nothing waits before them and they fit; a batch
+        larger than ``max_in_flight`` goes alone when nothing is in flight)."""
+        in_flight = self.in_flight
+        return not self.deferred and (not in_flight or in_flight + n <= self.max_in_flight)
+
+    def drain(self) -> None:
+        """Give permits to the oldest deferred requests while there is room, and hand each to its socket (in
+        the hub or a greenlet; never blocks)."""
+        deferred = self.deferred
+        while deferred:
+            request = deferred[0]
+            n = request.n
+            if self.in_flight and self.in_flight + n > self.max_in_flight:
+                return
+            deferred.popleft()
+            sock = request.sock
+            if sock.admit(request):
+                self.in_flight += n
+                sock.pushed(n)
+
+    def waiting_since(self, seq: int) -> bool:
+        """Whether the request numbered ``seq`` (still waiting for something) waits for a permit rather than for
+        its reply: it was queued no earlier than the oldest deferred request."""
+        deferred = self.deferred
+        return bool(deferred) and seq >= deferred[0].seq
+
+
+# ---------------------------------------------------------------------- resuming waiters
+
+
+def resume(glet: Any, value: Any) -> None:
+    """Resume ``glet`` (parked in ``hub.switch()``) with ``value``, from the hub. An error escaping it (only a raw
+    greenlet whose parent is the hub can raise here) is logged: it must not stop the read callback."""
+    try:
+        glet.switch(value)
+    except BaseException:  # pragma: no cover - see the docstring
+        logger.exception("greenpool: a greenlet resumed by a multiplexer raised")
+
+
+def resume_all(ready: List[Any]) -> None:
+    """Resume each greenlet of ``[greenlet, value, greenlet, value, ...]`` with its value, in order (in the hub)."""
+    for i in range(0, len(ready), 2):
+        try:
+            ready[i].switch(ready[i + 1])
+        except BaseException:  # pragma: no cover - see resume()
+            logger.exception("greenpool: a greenlet resumed by a multiplexer raised")
+
+
+# ---------------------------------------------------------------------- connecting
+
+
+def connect_shared(
+    sock: MuxIO,
+    shared: MuxShared,
+    open_socket: Callable[[], Any],
+    start: Callable[[Any], None],
+    waiter_error: Callable[[BaseException], Optional[BaseException]],
+) -> None:
+    """Bring ``sock`` up, or wait for the greenlet doing so; blocks this greenlet for one attempt at most.
+
+    ``open_socket()`` connects (bounded by the multiplexer's connect bound) and returns what ``start(opened)``
+    takes to start driving it. A greenlet that waited for another's attempt that failed raises
+    ``waiter_error(error)``, or tries again itself when that returns None. The one that connected raises what
+    the attempt raised. Failed attempts are counted in ``shared.connect_errors``.
+    """
+    while sock.state != UP:
+        attempt = sock.attempt
+        if attempt is not None:
+            attempt.done.wait()
+            if sock.state != UP and attempt.error is not None:
+                error = waiter_error(attempt.error)
+                if error is not None:
+                    raise error
+            continue
+        attempt = sock.attempt = ConnectAttempt()
+        sock.state = CONNECTING
+        try:
+            start(open_socket())
+        except BaseException as exc:
+            sock.state = DOWN
+            attempt.error = exc
+            shared.connect_errors += 1
+            raise
+        finally:
+            sock.attempt = None
+            attempt.done.set()
+
+
+# ---------------------------------------------------------------------- stats and arguments
+
+
+def mux_stats(shared: MuxShared, sockets: List[MuxIO]) -> Dict[str, int]:
+    """The ``mux_*`` statistics both multiplexers report (see the README's table); in a fork's child, they
+    start from zero. Never blocks."""
+    return {
+        "mux_shared_connections": len(sockets),
+        "mux_sockets_up": sum(1 for sock in sockets if sock.state == UP),
+        "mux_in_flight": shared.in_flight,
+        "mux_max_in_flight": shared.max_in_flight,
+        "mux_waiting": sum(request.waiting() for request in shared.deferred),
+        "mux_requests": shared.requests,
+        "mux_replies": shared.replies,
+        "mux_error_replies": shared.error_replies,
+        "mux_timeouts": shared.timeouts,
+        "mux_failed": shared.failed,
+        "mux_dropped": shared.dropped,
+        "mux_connects": sum(sock.connects for sock in sockets),
+        "mux_connect_errors": shared.connect_errors,
+        "mux_reads": sum(sock.reads for sock in sockets),
+        "mux_writes": sum(sock.writes for sock in sockets),
+        "mux_bytes_in": sum(sock.bytes_in for sock in sockets),
+        "mux_bytes_out": sum(sock.bytes_out for sock in sockets),
+    }
+
+
+def reset_totals(shared: MuxShared, sockets: List[MuxIO]) -> None:
+    """Zero the totals :func:`mux_stats` reports (for ``pop_stats()``); the gauges stay. Never blocks."""
+    shared.requests = shared.replies = shared.error_replies = shared.timeouts = shared.failed = 0
+    shared.dropped = shared.connect_errors = shared.dedicated_checkouts = 0
+    for sock in sockets:
+        sock.connects = sock.reads = sock.writes = sock.bytes_in = sock.bytes_out = 0
+
+
+#: An argument that was not given (for :func:`renamed_argument` and :func:`either_argument`).
+UNSET: Any = object()
+
+
+def renamed_argument(new: str, value: Any, old: str, old_value: Any, default: Any) -> Any:
+    """Return the value of argument ``new``, which was called ``old`` before (``UNSET``: not given).
+
+    ``old`` alone works with a ``DeprecationWarning``; both with different values raise ``TypeError``."""
+    if old_value is UNSET:
+        return default if value is UNSET else value
+    warnings.warn(f"{old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=3)
+    if value is not UNSET and value != old_value:
+        raise TypeError(f"{new}={value!r} and {old}={old_value!r} disagree; give {new} alone")
+    return old_value
+
+
+def either_argument(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> Any:
+    """Return the value of ``name``, which the client library calls ``alias`` (both spellings are accepted;
+    ``UNSET``: not given); both with different values raise ``TypeError``."""
+    if alias_value is UNSET:
+        return default if value is UNSET else value
+    if value is not UNSET and value != alias_value:
+        raise TypeError(f"{name}={value!r} and {alias}={alias_value!r} disagree; give one of them")
+    return alias_value

@@ -5,10 +5,19 @@ Depends on the standard library only.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["DEFAULT_PORT", "parse_url", "url_bool", "url_int", "url_seconds", "url_str"]
+__all__ = [
+    "DEFAULT_PORT",
+    "MUX_IGNORED_OPTIONS",
+    "mux_options",
+    "parse_url",
+    "url_bool",
+    "url_int",
+    "url_seconds",
+    "url_str",
+]
 
 #: The port Tarantool listens on by convention, used when a URL names none.
 DEFAULT_PORT = 3301
@@ -80,3 +89,47 @@ def url_bool(option: str, text: str) -> bool:
 
 def url_str(option: str, text: str) -> str:
     return text
+
+
+#: Options of ``TarantoolPool.from_url`` that ``TarantoolMux.from_url`` accepts and that do not apply to a
+#: multiplexer: the pool's own, tarantool-python's reconnect and schema options, and its TLS files.
+MUX_IGNORED_OPTIONS: FrozenSet[str] = frozenset(
+    {
+        "max_connections",
+        "min_connections",
+        "max_waiting",
+        "queue_policy",
+        "check_after_idle",
+        "max_lifetime",
+        "max_idle",
+        "leak_threshold",
+        "reconnect_max_attempts",
+        "reconnect_delay",
+        "connect_now",
+        "fetch_schema",
+        "ssl_key_file",
+        "ssl_cert_file",
+        "ssl_ca_file",
+        "ssl_ciphers",
+        "ssl_password",
+        "ssl_password_file",
+    }
+)
+
+
+def mux_options(pool_options: Mapping[str, Callable[[str, str], Any]]) -> Dict[str, Callable[[str, str], Any]]:
+    """The options ``TarantoolMux.from_url`` reads: every option of the pool's URL (``pool_options``) plus the
+    multiplexer's own (``shared_connections``, ``connections`` its deprecated name, ``max_in_flight``...)."""
+    return {
+        **pool_options,
+        "shared_connections": url_int,
+        "connections": url_int,
+        "max_in_flight": url_int,
+        "timeout": url_seconds,
+        "socket_timeout": url_seconds,
+        "connect_timeout": url_seconds,
+        "connection_timeout": url_seconds,
+        "name": url_str,
+        "transport": url_str,
+        "auth_type": url_str,
+    }

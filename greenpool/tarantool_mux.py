@@ -1,11 +1,13 @@
 """``greenpool.TarantoolMux``: many greenlets share one auto-pipelined Tarantool connection.
 
-A :class:`TarantoolMux` speaks IPROTO itself over a non-blocking socket driven by the gevent hub's event loop.
-Every request gets its own ``sync`` number and goes out at once while the server has at most a quarter as much
-work queued as waits to be sent; under load, requests made while the hub is busy are coalesced into one
-``send``; a read watcher (a callback in the hub, not a greenlet) reads whatever has arrived in one
-``recv_into``, parses the replies with one ``msgpack.Unpacker`` and switches straight to the greenlet that asked
-for each of them. No per-request Event, AsyncResult or timer: a request costs one park and one resume.
+A :class:`TarantoolMux` speaks IPROTO (packed and parsed by ``greenpool._iproto``) over non-blocking sockets
+driven by the gevent hub's event loop (``greenpool._mux``). Every request gets its own ``sync`` number and goes
+out at once while the server has at most a quarter as much work queued as waits to be sent; under load, requests
+made while the hub is busy are coalesced into one ``send``; a read watcher (a callback in the hub, not a
+greenlet) reads whatever has arrived in one ``recv_into``, cuts it into replies and switches straight to the
+greenlet that asked for each of them. No per-request Event, AsyncResult or timer: a request costs one park and
+one resume. This module keeps the lifecycle (connect, fork, close), the scheduling (permits, timeouts) and the
+API.
 
 The methods (``ping``, ``select``, ``insert``, ``replace``, ``update``, ``upsert``, ``delete``, ``call``,
 ``eval``, ``execute``) take the arguments of tarantool-python's ``tarantool.Connection`` methods and return
@@ -15,48 +17,59 @@ replies raise ``tarantool.error.DatabaseError`` with the server's code and messa
 :class:`MuxClosed`, all ``tarantool.error.NetworkError`` subclasses.
 
 Depends on gevent, msgpack and tarantool-python (its response, schema, error and msgpack extension code),
-and on ``greenpool._green`` / ``greenpool._validate`` / ``greenpool.errors``; not on the core pool.
+``greenpool._iproto``, ``greenpool._mux``, ``greenpool._green``, ``greenpool._validate``, ``greenpool.errors``
+and, for the URL options, ``greenpool.tarantool``; not on the core pool.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import logging
 import socket as _socket_module
-import struct
-import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 import msgpack
-from gevent import socket as gsocket
-from gevent.event import Event
-from gevent.monkey import get_original
-from msgpack import OutOfData
 
 from greenpool import _green
-from greenpool._mux import CONNECTING as _CONNECTING
-from greenpool._mux import DOWN as _DOWN
-from greenpool._mux import MAX_MUX_CONNECTIONS, MuxIO
-from greenpool._mux import UP as _UP
-from greenpool._tarantool_url import parse_url, url_int, url_seconds, url_str
+from greenpool import _iproto as ip
+from greenpool._mux import (
+    MAX_SHARED_CONNECTIONS,
+    UNSET,
+    UP,
+    connect_shared,
+    either_argument,
+    mux_stats,
+    renamed_argument,
+    reset_totals,
+    resume,
+)
+from greenpool._tarantool_conn import (
+    DeferredSyncRequest,
+    MuxClosed,
+    MuxConnectionError,
+    MuxConnectTimeout,
+    MuxError,
+    MuxTimeout,
+    SharedSocket,
+    TarantoolShared,
+    fail_pending,
+    finalize,
+    format_address,
+    open_socket,
+    waiter_error,
+)
+from greenpool._tarantool_requests import MuxResponse, MuxResponseExecute, RequestMethods
+from greenpool._tarantool_url import MUX_IGNORED_OPTIONS, mux_options, parse_url
 from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds
-from greenpool.errors import ConnectTimeout, PoolClosed
 
 try:
-    from tarantool.error import DatabaseError, NetworkError
     from tarantool.msgpack_ext.packer import default as _ext_default
-    from tarantool.msgpack_ext.unpacker import ext_hook as _ext_hook
-    from tarantool.response import Response, ResponseExecute
     from tarantool.schema import Schema
-    from tarantool.types import decode_box_error
-    from tarantool.utils import wrap_key
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("greenpool.TarantoolMux needs tarantool-python: pip install 'greenpool[tarantool]'") from exc
 
 __all__ = [
+    "ITERATORS",
     "MuxClosed",
     "MuxConnectTimeout",
     "MuxConnectionError",
@@ -67,529 +80,10 @@ __all__ = [
     "TarantoolMux",
 ]
 
-logger = logging.getLogger("greenpool")
-
-# The stdlib socket class even when ``socket`` is monkey-patched: the hub's watchers drive it directly.
-_RawSocket: Any = get_original("socket", "socket")
-
-# ---------------------------------------------------------------------- IPROTO
-
-_REQUEST_TYPE, _SYNC, _SCHEMA_VERSION = 0x00, 0x01, 0x05
-_SPACE_ID, _INDEX_ID, _LIMIT, _OFFSET, _ITERATOR = 0x10, 0x11, 0x12, 0x13, 0x14
-_KEY, _TUPLE, _FUNCTION_NAME, _USER_NAME, _EXPR, _OPS = 0x20, 0x21, 0x22, 0x23, 0x27, 0x28
-_DATA, _ERROR_24, _SQL_TEXT, _SQL_BIND, _ERROR = 0x30, 0x31, 0x40, 0x41, 0x52
-
-_SELECT, _INSERT, _REPLACE, _UPDATE, _DELETE, _AUTH = 1, 2, 3, 4, 5, 7
-_EVAL, _UPSERT, _CALL, _EXECUTE, _PING = 8, 9, 10, 11, 64
-_CHUNK = 0x80
-_TYPE_ERROR = 0x8000
-_ER_WRONG_SCHEMA_VERSION = 109
-
-_GREETING_SIZE = 128
-
-# A request is <0xce uint32 length> <header map> <body map>; the header is packed by hand, with the sync
-# always as a uint64 (valid MessagePack for any value).
-_HEADER = struct.Struct(">BIBBBBBQ")  # 0xce len | 0x82 0x00 type 0x01 0xcf sync
-_HEADER_SV = struct.Struct(">BIBBBBBQBBQ")  # ... | 0x83 ... 0x05 0xcf schema_version
-_HEADER_LEN = _HEADER.size - 5
-_HEADER_SV_LEN = _HEADER_SV.size - 5
-
-#: Iterator names accepted by :meth:`TarantoolMux.select` besides the numbers tarantool-python takes.
-ITERATORS: Dict[str, int] = {
-    "EQ": 0,
-    "REQ": 1,
-    "ALL": 2,
-    "LT": 3,
-    "LE": 4,
-    "GE": 5,
-    "GT": 6,
-    "BITS_ALL_SET": 7,
-    "BITS_ANY_SET": 8,
-    "BITS_ALL_NOT_SET": 9,
-    "OVERLAPS": 10,
-    "NEIGHBOR": 11,
-}
-
-#: Replies parsed before their greenlets are resumed (see greenpool.redis_mux._RESUME_BATCH).
-_RESUME_BATCH = 16
+ITERATORS = ip.ITERATORS
+_pack_header, _HEADER_LEN = ip.HEADER.pack, ip.HEADER.size - 5
+_pack_header_sv, _HEADER_SV_LEN = ip.HEADER_SV.pack, ip.HEADER_SV.size - 5
 _MISSING: Any = object()
-
-_URL_OPTIONS: Dict[str, Callable[[str, str], Any]] = {
-    "connections": url_int,
-    "max_in_flight": url_int,
-    "timeout": url_seconds,
-    "connect_timeout": url_seconds,
-    "name": url_str,
-}
-
-
-# ---------------------------------------------------------------------- errors
-
-
-class MuxError(NetworkError):  # type: ignore[misc]
-    """A request failed without a reply from the server (a ``tarantool.error.NetworkError``, so existing
-    handlers catch it). ``code`` and ``errno`` hold the ``errno`` when a system call failed (else 0);
-    ``message`` says what happened."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(code, message)
-        self.errno = code
-
-    def __str__(self) -> str:
-        return str(self.message)
-
-
-class MuxConnectionError(MuxError):
-    """The connection could not be made (refused, timed out, authentication refused), or broke with
-    requests in flight: those may or may not have run on the server. The next request reconnects.
-
-    A refused authentication carries the server's error code in ``code`` (``errno`` is 0).
-    """
-
-
-class MuxConnectTimeout(MuxConnectionError, ConnectTimeout):
-    """The connection was not ready within ``connect_timeout`` (also a :class:`greenpool.ConnectTimeout`); the
-    message names the server and the stage (TCP connect, greeting, authentication)."""
-
-
-class MuxTimeout(MuxError):
-    """No reply (or no free in-flight slot) within the mux's ``timeout``; only this request failed.
-
-    The request may still run on the server; its late reply is dropped. The connection stays open.
-    """
-
-
-class MuxClosed(MuxError, PoolClosed):
-    """The mux was closed (by your code) before the request got its reply."""
-
-
-class MuxResponse(Response):  # type: ignore[misc]
-    """A ``tarantool.response.Response`` built from an already parsed reply (no second unpacking)."""
-
-    def __init__(self, conn: Any, sync: int, body: Dict[int, Any], data: Any, schema_version: int) -> None:
-        self.conn = conn
-        self._sync = sync
-        self._code = 0
-        self._return_code = 0
-        self._body = body
-        self._data = data
-        self._schema_version = schema_version
-
-
-class MuxResponseExecute(ResponseExecute):  # type: ignore[misc]
-    """A ``tarantool.response.ResponseExecute`` built from an already parsed reply."""
-
-    __init__ = MuxResponse.__init__
-
-
-def _error_reply(code: int, body: Any) -> DatabaseError:
-    message = body.get(_ERROR_24, "") if body.__class__ is dict else ""
-    extra = body.get(_ERROR) if body.__class__ is dict else None
-    return DatabaseError(
-        code & (_TYPE_ERROR - 1), message, extra_info=decode_box_error(extra) if extra is not None else None
-    )
-
-
-# ---------------------------------------------------------------------- one socket
-
-
-class _Shared:
-    """What the connections of one mux share: the in-flight count, the queue of requests waiting for a
-    slot, the counters.
-
-    Kept apart from :class:`TarantoolMux` so that the hub's watchers (which hold the connections) never
-    keep the mux itself alive: a mux that is garbage-collected closes its sockets.
-    """
-
-    __slots__ = (
-        "closed",
-        "deferred",
-        "dropped",
-        "error_replies",
-        "failed",
-        "in_flight",
-        "max_in_flight",
-        "on_schema",
-        "replies",
-        "schema_version",
-        "timeouts",
-    )
-
-    def __init__(self, max_in_flight: int) -> None:
-        self.in_flight = 0  # requests sent and not answered yet
-        self.max_in_flight = max_in_flight
-        # Requests waiting for a slot, first come first served: (greenlet, conn, pending, sync, header, body).
-        # They are registered in their connection's pending dict already, and numbered after every request
-        # sent so far: a registered request is queued iff its sync is at least the head's.
-        self.deferred: Deque[Tuple[Any, _Conn, Dict[int, Any], int, bytes, bytes]] = deque()
-        self.closed = False
-        self.schema_version = 0
-        self.on_schema: Callable[[], None] = _noop
-        self.replies = 0
-        self.error_replies = 0
-        self.dropped = 0
-        self.timeouts = 0
-        self.failed = 0
-
-    def release(self, n: int = 1) -> None:
-        """Free ``n`` in-flight slots and send the oldest queued requests in them (called in the hub)."""
-        self.in_flight -= n
-        deferred = self.deferred
-        while deferred and self.in_flight < self.max_in_flight:
-            glet, conn, pending, sync, header, body = deferred.popleft()
-            if pending is not conn.pending:
-                continue  # its connection went away meanwhile, and failed it
-            if pending.get(sync) is not glet:  # its greenlet gave up while it waited
-                pending.pop(sync, None)
-                continue
-            self.in_flight += 1
-            conn.send_soon(header, body)
-
-    def is_queued(self, sync: int) -> bool:
-        """Whether request ``sync`` (still registered) waits for a slot rather than for its reply."""
-        return bool(self.deferred) and sync >= self.deferred[0][3]
-
-    def queued(self) -> int:
-        """Requests waiting for a slot whose greenlet still waits."""
-        return sum(1 for glet, conn, pending, sync, _, _ in self.deferred if pending.get(sync) is glet)
-
-
-def _noop() -> None:
-    pass
-
-
-def _resume_all(ready: List[Any]) -> None:
-    """Resume each greenlet of ``[greenlet, value, ...]`` with its value, in order (in the hub)."""
-    for i in range(0, len(ready), 2):
-        try:
-            ready[i].switch(ready[i + 1])
-        except BaseException:  # pragma: no cover - see _switch
-            logger.exception("greenpool: a greenlet resumed by TarantoolMux raised")
-
-
-def _switch(glet: Any, value: Any) -> None:
-    """Resume ``glet`` (parked in ``hub.switch()``) from the hub; an error escaping it must not stop the caller."""
-    try:
-        glet.switch(value)
-    except BaseException:  # pragma: no cover - only a raw greenlet whose parent is the hub gets here
-        logger.exception("greenpool: a greenlet resumed by TarantoolMux raised")
-
-
-class _Conn(MuxIO):
-    """One socket of a mux: its requests (``sync`` -> the parked greenlet, or None once it gave up), sent
-    or queued for a slot; the output waiting for the next send; the reply parser's state."""
-
-    __slots__ = (
-        "address",
-        "connect_done",
-        "end",
-        "fed",
-        "header",
-        "pending",
-        "shared",
-        "skip",
-        "stage",
-        "unpacker",
-    )
-
-    def __init__(self, shared: _Shared, address: Any) -> None:
-        super().__init__()
-        self.shared = shared
-        self.address = address
-        self.pending: Dict[int, Any] = {}
-        self.connect_done: Any = None  # [Event set when it ends, its error] while a greenlet connects
-        self.unpacker: Any = None
-        self.stage = 0
-        self.end = 0
-        self.fed = 0  # bytes fed to the unpacker (its stream position once they are parsed)
-        self.skip = 0  # bytes still to drop: the rest of a reply that could not be decoded
-        self.header: Any = None
-
-    # -------------------------------------------------------------- wiring (called by the mux)
-
-    def attach(self, sock: Any, loop: Any) -> None:
-        """Start driving the connected, authenticated ``sock`` from the hub's ``loop``."""
-        self.unpacker = _new_unpacker()
-        self.stage = 0
-        self.header = None
-        self.fed = self.skip = 0
-        self.start_io(sock, loop)
-
-    def detach(self, close_socket: bool) -> Dict[int, Any]:
-        """Stop the watchers, drop (and optionally close) the socket; return the requests that were in flight."""
-        self.stop_io(close_socket)
-        self.unpacker = None
-        pending, self.pending = self.pending, {}
-        return pending
-
-    # -------------------------------------------------------------- output
-
-    def send_soon(self, header: bytes, body: bytes) -> None:
-        """Queue a request; everything queued during this loop turn goes out in one ``send``."""
-        out = self.out
-        out.append(header)
-        out.append(body)
-        self.pushed()
-
-    def send_failed(self, exc: OSError) -> None:
-        self.lost(exc.errno or 0, f"send failed: {exc}")
-
-    def read_failed(self, exc: Optional[OSError]) -> None:
-        if exc is None:
-            self.lost(0, "the server closed the connection")
-        else:
-            self.lost(exc.errno or 0, f"recv failed: {exc}")
-
-    # -------------------------------------------------------------- input
-
-    def on_readable(self) -> None:
-        """Read watcher callback (in the hub): read what arrived, resume the greenlet of each reply, flush."""
-        nbytes = self.receive()
-        if not nbytes:
-            return
-        chunk = self.view[:nbytes]
-        if self.skip:  # the rest of a reply that could not be decoded
-            skipped = min(self.skip, nbytes)
-            self.skip -= skipped
-            chunk = chunk[skipped:]
-        self.fed += len(chunk)
-        unpacker = self.unpacker
-        unpacker.feed(chunk)
-        unpack = unpacker.unpack
-        pending = self.pending
-        shared = self.shared
-        # Parse the replies before resuming their greenlets, up to _RESUME_BATCH at a time, so that
-        # ``unanswered`` is exact at low concurrency while the greenlets are resumed (each sends its next
-        # request at once while the server has little to do: see MuxIO.pushed); what they send beyond that
-        # goes out in one send at the end.
-        self.flush_pending = True
-        ready: List[Any] = []  # greenlet, reply body (or the error to raise), ...
-        stage = self.stage
-        header = self.header
-        body: Any
-        while True:
-            try:
-                obj = unpack()
-            except OutOfData:
-                break
-            except Exception as exc:
-                # A reply that cannot be decoded (say, a string that is not UTF-8): fail its request alone.
-                if stage != 2 or not self.resync(exc, header, chunk, ready):
-                    self.give_up(f"protocol error: undecodable reply ({exc!r})", ready)
-                    return
-                unpacker = self.unpacker
-                unpack = unpacker.unpack
-                stage = 0
-                continue
-            if stage == 0:  # the length prefix: where this reply ends
-                self.end = unpacker.tell() + obj
-                stage = 1
-                continue
-            if stage == 1:
-                header = obj
-                if header.__class__ is not dict:
-                    self.give_up(f"protocol error: reply header is {header!r}", ready)
-                    return
-                if unpacker.tell() < self.end:
-                    stage = 2
-                    continue
-                body = {}
-            else:
-                body = obj
-            stage = 0
-            code = header.get(_REQUEST_TYPE, 0)
-            version = header.get(_SCHEMA_VERSION)
-            if version is not None and version > shared.schema_version:
-                shared.schema_version = version
-                shared.on_schema()
-            if code == _CHUNK:  # an out-of-band push (box.session.push): not delivered
-                continue
-            glet = pending.pop(header.get(_SYNC, -1), _MISSING)
-            if glet is _MISSING:
-                shared.dropped += 1
-                continue
-            self.unanswered -= 1
-            shared.replies += 1
-            shared.in_flight -= 1
-            if glet is None:  # its greenlet gave up (timeout, kill): drop the late reply
-                shared.dropped += 1
-                continue
-            if code:
-                shared.error_replies += 1
-                body = _error_reply(code, body)
-            ready.append(glet)
-            ready.append(body)
-            if len(ready) >= _RESUME_BATCH * 2:
-                self.stage = stage
-                self.header = header
-                if shared.deferred:
-                    shared.release(0)
-                _resume_all(ready)
-                if self.pending is not pending:  # closed or lost meanwhile
-                    return
-                ready = []
-        self.stage = stage
-        self.header = header
-        if shared.deferred:
-            shared.release(0)  # the slots freed above go to the requests queued for one, oldest first
-        _resume_all(ready)
-        if self.pending is pending:  # not closed or lost meanwhile
-            self.flush_pending = False
-            if self.out:
-                self.flush()
-
-    def resync(self, exc: Exception, header: Any, chunk: memoryview, ready: List[Any]) -> bool:
-        """The body of the reply ``header`` could not be decoded: add its greenlet and ``exc`` to ``ready`` and
-        go on with the next reply (a fresh unpacker fed what follows this one). False if the stream cannot be
-        followed."""
-        rest = self.fed - self.end  # bytes after the broken reply, all from the current chunk
-        if rest > len(chunk):
-            return False
-        self.unpacker = _new_unpacker()
-        self.stage = 0
-        self.header = None
-        if rest >= 0:
-            self.unpacker.feed(chunk[len(chunk) - rest :])
-            self.fed = rest
-        else:
-            self.skip = -rest
-            self.fed = 0
-        shared = self.shared
-        glet = self.pending.pop(header.get(_SYNC, -1), _MISSING)
-        if glet is _MISSING:
-            shared.dropped += 1
-            return True
-        self.unanswered -= 1
-        shared.replies += 1
-        shared.in_flight -= 1
-        if glet is None:
-            shared.dropped += 1
-        else:
-            ready.append(glet)
-            ready.append(exc)
-        return True
-
-    # -------------------------------------------------------------- failure
-
-    def give_up(self, reason: str, ready: List[Any]) -> None:
-        """The reply stream cannot be followed: drop the socket, then hand out the replies parsed before."""
-        self.lost(0, reason)
-        if self.shared.deferred:
-            self.shared.release(0)
-        _resume_all(ready)
-
-    def lost(self, code: int, reason: str) -> None:
-        """The socket broke (in the hub): close it and fail every request in flight on it."""
-        address = _format_address(self.address)
-        pending = self.detach(close_socket=True)
-        message = f"lost the connection to {address} ({reason}); the request may or may not have run"
-        fail_pending(self.shared, pending, MuxConnectionError, code, message)
-
-
-def fail_pending(shared: _Shared, pending: Dict[int, Any], error: Type[MuxError], code: int, message: str) -> None:
-    """Fail the requests of ``pending`` (in the hub), each with its own ``error(code, message)``; the slots
-    of those that were sent go to the queued requests."""
-    if not pending:
-        return
-    deferred = shared.deferred
-    sent = len(pending) if not deferred else sum(1 for sync in pending if sync < deferred[0][3])
-    glets = [glet for glet in pending.values() if glet is not None]
-    pending.clear()
-    for glet in glets:
-        shared.failed += 1
-        _switch(glet, error(code, message))
-    shared.release(sent)
-
-
-def _new_unpacker() -> Any:
-    return msgpack.Unpacker(
-        use_list=True, raw=False, strict_map_key=False, ext_hook=_unpack_ext, max_buffer_size=2**31 - 1
-    )
-
-
-def _unpack_ext(code: int, data: bytes) -> Any:
-    return _ext_hook(code, data, msgpack.Unpacker(use_list=True, raw=False, strict_map_key=False))
-
-
-def _format_address(address: Any) -> str:
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
-
-
-def _check_values(name: str, value: Any) -> None:
-    if value.__class__ is not list and not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a list or a tuple, got {value!r} ({type(value).__name__})")
-
-
-def _check_ops(op_list: Any) -> None:
-    _check_values("op_list", op_list)
-    for op in op_list:
-        if not isinstance(op, (list, tuple)) or len(op) < 2:
-            raise TypeError(f"each operation in op_list must be a list or tuple like ('=', 2, value), got {op!r}")
-
-
-def _names_in(index: Any, op_list: Any) -> bool:
-    """Whether an index or a field is given by name (resolved through the cached schema)."""
-    return isinstance(index, str) or any(isinstance(op[1], str) for op in op_list)
-
-
-def _check_space(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"space_name must be a str (space name) or an int (space id), got {value!r}")
-
-
-def _check_index(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"index must be a str (index name) or an int (index id), got {value!r}")
-
-
-def _scramble(salt: bytes, password: str) -> bytes:
-    """chap-sha1: ``sha1(password) xor sha1(salt + sha1(sha1(password)))``."""
-    hash1 = hashlib.sha1(password.encode()).digest()
-    hash2 = hashlib.sha1(hash1).digest()
-    hash3 = hashlib.sha1(salt[:20] + hash2).digest()
-    return bytes(a ^ b for a, b in zip(hash1, hash3))
-
-
-def _parse_greeting(greeting: bytes, address: str) -> Tuple[int, bytes]:
-    """Return ``(version_id, salt)`` from the 128-byte greeting, or raise :class:`MuxConnectionError`."""
-    try:
-        line = greeting[:64].decode().strip()
-        product, version, protocol = line.split(" ")[:3]
-        if product != "Tarantool":
-            raise ValueError(line)
-        if protocol != "(Binary)":
-            raise MuxConnectionError(0, f"{address} speaks {protocol.strip('()')}, not the binary protocol")
-        major, minor, patch = (int(part) for part in version.split("-")[0].split(".")[:3])
-        salt = base64.b64decode(greeting[64:108].strip())[:20]
-    except MuxConnectionError:
-        raise
-    except (ValueError, UnicodeDecodeError, TypeError):
-        raise MuxConnectionError(0, f"{address} did not send a Tarantool greeting") from None
-    return (major << 16) | (minor << 8) | patch, salt
-
-
-def _read_exactly(sock: Any, nbytes: int) -> bytes:
-    chunks = []
-    while nbytes > 0:
-        chunk = sock.recv(nbytes)
-        if not chunk:
-            raise OSError(0, "the server closed the connection during the handshake")
-        chunks.append(chunk)
-        nbytes -= len(chunk)
-    return b"".join(chunks)
-
-
-def _finalize(shared: _Shared, conns: List[_Conn], timers: List[Any]) -> None:
-    """Close the sockets of a mux that was garbage-collected (the pending requests had no greenlet left)."""
-    shared.closed = True
-    for timer in timers:
-        timer.close()
-    if _green.fork_generation() != conns[0].generation:
-        return
-    for conn in conns:
-        conn.detach(close_socket=True)
 
 
 def _sweep_soon(mux_ref: weakref.ReferenceType[TarantoolMux]) -> None:
@@ -601,25 +95,30 @@ def _sweep_soon(mux_ref: weakref.ReferenceType[TarantoolMux]) -> None:
 # ---------------------------------------------------------------------- the mux
 
 
-class TarantoolMux:
+class TarantoolMux(RequestMethods):
     """A multiplexed, auto-pipelined Tarantool connection shared by any number of greenlets.
 
-    ``TarantoolMux(host, port, user=None, password=None, *, connections=1, timeout=30.0,
-    max_in_flight=1024, connect_timeout=10.0, name=None)``:
+    ``TarantoolMux(host, port, user=None, password=None, *, shared_connections=1, max_in_flight=1024,
+    timeout=30.0, socket_timeout=30.0, connect_timeout=10.0, name=None)``:
 
     - ``host``, ``port``: the server (``host=None`` and ``port="/path/to.sock"`` for a unix socket).
     - ``user``, ``password``: chap-sha1 credentials (``None``: the guest user). The password is never
       shown in ``repr``, stats, logs or errors.
-    - ``connections``: sockets to spread requests over (round robin, at most 1024); each connects on first use.
-    - ``timeout``: seconds a request waits for its reply (and, before that, for a free in-flight slot)
-      before it fails with :class:`MuxTimeout`; ``None`` waits forever. Checked by one periodic timer,
-      so a timeout fires up to ``timeout / 5`` (at most 1 s) late, never early.
+    - ``shared_connections``: sockets to spread requests over (round robin, at most 1024); each connects on
+      first use. ``connections`` is its deprecated old name.
     - ``max_in_flight``: requests sent and not yet answered, over all sockets (a request given up by its
-      greenlet counts until its late reply comes). A request beyond it is queued, first come first
-      served, until a reply frees a slot, its greenlet parked (back-pressure: whatever the number of
-      greenlets, the server and the sockets hold at most this many requests).
-    - ``connect_timeout``: seconds to connect, read the greeting and authenticate (``None``: no bound); then
-      :class:`MuxConnectTimeout` (a :class:`MuxConnectionError`) names the stage that did not end in time.
+      greenlet counts until its late reply comes). A request beyond it waits for an in-flight permit, first
+      come first served, its greenlet parked (back-pressure: whatever the number of greenlets, the server and
+      the sockets hold at most this many requests).
+    - ``timeout``: seconds a request waits for an in-flight permit before it fails with :class:`MuxTimeout`
+      (``0``: it fails at once when there is none; ``None``: waits forever).
+    - ``socket_timeout``: seconds a request waits for its reply once sent, then :class:`MuxTimeout` (``None``:
+      forever). Both are checked by one periodic timer, so they fire up to a tenth of the shorter (at most
+      0.5 s) late, never early.
+    - ``connect_timeout`` (tarantool-python's name, ``connection_timeout``, is accepted too): seconds to connect,
+      read the greeting and authenticate (``None``: no bound); then :class:`MuxConnectTimeout` (a
+      :class:`MuxConnectionError`) names the stage that did not end in time.
+    - ``name``: shown in errors, ``repr`` and stats (default ``tarantool host:port``).
 
     Every method blocks only the calling greenlet, until its reply arrives. The connection is made by
     the first request (or :meth:`connect`); when it breaks, the requests in flight on it fail with
@@ -631,8 +130,11 @@ class TarantoolMux:
     One mux belongs to one thread's gevent hub.
 
     Not supported (tarantool-python features): ``on_push`` callbacks (pushed messages are skipped), the
-    1.6 ``call_16`` mode, SSL, ``crud_*`` helpers, ``space()`` objects, ``encoding=None``.
+    1.6 ``call_16`` mode, ``transport="ssl"`` (Tarantool Enterprise's TLS: a ``ValueError`` says so), ``crud_*``
+    helpers, ``space()`` objects, ``encoding=None``.
     """
+
+    _shared: TarantoolShared
 
     def __init__(
         self,
@@ -641,11 +143,15 @@ class TarantoolMux:
         user: Optional[str] = None,
         password: Optional[str] = None,
         *,
-        connections: int = 1,
-        timeout: Optional[float] = 30.0,
+        shared_connections: int = 1,
         max_in_flight: int = 1024,
-        connect_timeout: Optional[float] = 10.0,
+        timeout: Optional[float] = 30.0,
+        socket_timeout: Optional[float] = 30.0,
+        connect_timeout: Optional[float] = UNSET,
+        connection_timeout: Optional[float] = UNSET,
         name: Optional[str] = None,
+        transport: Optional[str] = None,
+        connections: Optional[int] = None,
     ) -> None:
         check_address(host, port)
         if host is None:
@@ -656,45 +162,63 @@ class TarantoolMux:
             self._family = _socket_module.AF_INET6 if ":" in host else _socket_module.AF_INET
         check_credentials(user, password)
         check_name(name)
+        if transport not in (None, ""):
+            raise ValueError(
+                f"transport={transport!r} is not supported by TarantoolMux (it speaks plain IPROTO; TLS is "
+                "Tarantool Enterprise's): use greenpool.TarantoolPool with tarantool-python's transport='ssl'"
+            )
+        if connections is not None:
+            given = shared_connections if shared_connections != 1 else connections
+            shared_connections = renamed_argument("shared_connections", given, "connections", connections, 1)
         self.host = host
         self.port = port
         self.user = user
         self._password = password
-        self.connections = check_int("connections", connections, minimum=1, maximum=MAX_MUX_CONNECTIONS)
-        self.timeout = check_seconds("timeout", timeout, allow_zero=False)
+        self.shared_connections = check_int(
+            "shared_connections", shared_connections, minimum=1, maximum=MAX_SHARED_CONNECTIONS
+        )
         self.max_in_flight = check_int("max_in_flight", max_in_flight, minimum=1)
-        self.connect_timeout = check_seconds("connect_timeout", connect_timeout, allow_zero=False)
-        self.name = name or f"mux-{id(self):x}"
-        self._packer = msgpack.Packer(use_bin_type=True, default=self._pack_ext)
-        self._pack = self._packer.pack
+        self.timeout = check_seconds("timeout", timeout)
+        self.socket_timeout = check_seconds("socket_timeout", socket_timeout, allow_zero=False)
+        bound = either_argument("connect_timeout", connect_timeout, "connection_timeout", connection_timeout, 10.0)
+        self.connect_timeout = check_seconds("connect_timeout", bound, allow_zero=False)
+        self.name = name or f"tarantool {format_address(self._address)}"
+        self._pack = msgpack.Packer(use_bin_type=True, default=self._pack_ext).pack
         self._version_id = 0
         self._schema = Schema(self)
         self._space_ids: Dict[Any, int] = {}
         self._index_ids: Dict[Tuple[int, Any], int] = {}
-        self._requests = 0
-        self._connect_errors = 0
-        self._retired = [0, 0, 0, 0, 0]  # counters of connections dropped after a fork
         self._setup()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> TarantoolMux:
-        """Build a mux from ``tarantool://[user[:password]@]host[:port][?option=value&...]``, the URL
+        """Build a mux from ``tarantool://[user[:password]@]host[:port][?option=value&...]``: any URL
         :meth:`greenpool.TarantoolPool.from_url` takes.
 
-        The port defaults to 3301; user and password are percent-decoded. Query options: ``connections``,
-        ``max_in_flight``, ``timeout``, ``connect_timeout`` (seconds; ``none`` waits forever) and ``name``.
-        ``kwargs`` override what the URL says. Never blocks (the first request connects).
+        The port defaults to 3301; user and password are percent-decoded. Query options: ``shared_connections``,
+        ``max_in_flight``, ``timeout``, ``socket_timeout``, ``connect_timeout`` (or ``connection_timeout``;
+        seconds, ``none`` waits forever) and ``name``; the pool's own options (``max_connections``,
+        ``min_connections``, ``check_after_idle``, ``max_lifetime``, ``max_idle``, ``leak_threshold``,
+        ``max_waiting``, ``queue_policy``) and tarantool-python's reconnect, schema and ``ssl_*`` options are
+        accepted and do not apply (``greenpool._tarantool_url.MUX_IGNORED_OPTIONS``). ``kwargs`` override what
+        the URL says. Never blocks (the first request connects).
 
-        Raises ``ValueError`` naming the scheme, option or value that is wrong (never showing the password).
+        Raises ``ValueError`` naming the scheme, option or value that is wrong (never showing the password),
+        also for ``transport=ssl`` and an ``auth_type`` other than ``chap-sha1``.
         """
-        options = parse_url(url, _URL_OPTIONS)
+        from greenpool.tarantool import _URL_OPTIONS as pool_options
+
+        options = parse_url(url, mux_options(pool_options))
         options.update(kwargs)
-        return cls(**options)
+        auth_type = options.pop("auth_type", None)
+        if auth_type not in (None, "", "chap-sha1"):
+            raise ValueError(f"auth_type={auth_type!r} is not supported by TarantoolMux (only 'chap-sha1')")
+        return cls(**{key: value for key, value in options.items() if key not in MUX_IGNORED_OPTIONS})
 
     def _setup(self) -> None:
         """(Re)initialise the per-process state: at construction and in a child process after a fork."""
         self._generation = _green.fork_generation()
-        self._shared = shared = _Shared(self.max_in_flight)
+        self._shared = shared = TarantoolShared(self.max_in_flight)
         space_ids, index_ids, schema = self._space_ids, self._index_ids, self._schema.schema
 
         def on_schema() -> None:
@@ -703,16 +227,18 @@ class TarantoolMux:
             schema.clear()
 
         shared.on_schema = on_schema
-        self._conns = [_Conn(shared, self._address) for _ in range(self.connections)]
-        self._conn = self._conns[0] if self.connections == 1 else None
+        self._sockets = [SharedSocket(shared, self._address) for _ in range(self.shared_connections)]
+        self._socket = self._sockets[0] if self.shared_connections == 1 else None
         self._rr = 0
         self._sync = 0
-        self._markers: Deque[Tuple[float, int]] = deque()
+        # (time, the first sync not made yet) and (time, the first sync not sent yet), a tick apart.
+        self._made_marks: Deque[Tuple[float, int]] = deque()
+        self._sent_marks: Deque[Tuple[float, int]] = deque()
         self._thread: Optional[int] = None
         self._hub: Any = None
         self._loop: Any = None
         self._timers: List[Any] = []
-        self._finalizer = weakref.finalize(self, _finalize, shared, self._conns, self._timers)
+        self._finalizer = weakref.finalize(self, finalize, shared, self._sockets, self._timers)
 
     def _bind(self) -> None:
         """Tie the mux to the current thread's hub on first use; refuse any other thread after that."""
@@ -721,8 +247,9 @@ class TarantoolMux:
             self._thread = ident
             self._hub = _green.get_hub()
             self._loop = self._hub.loop
-            if self.timeout is not None:
-                tick = min(max(self.timeout / 10.0, 0.005), 0.5)
+            bounds = [bound for bound in (self.timeout, self.socket_timeout) if bound]
+            if bounds:
+                tick = min(max(min(bounds) / 10.0, 0.005), 0.5)
                 timer = self._loop.timer(tick, tick, ref=False)
                 timer.start(_sweep_soon, weakref.ref(self))
                 self._timers.append(timer)
@@ -733,10 +260,8 @@ class TarantoolMux:
         self._finalizer.detach()
         for timer in self._timers:
             timer.close()
-        for conn in self._conns:
-            for i, value in enumerate((conn.connects, conn.writes, conn.reads, conn.bytes_out, conn.bytes_in)):
-                self._retired[i] += value
-            conn.detach(close_socket=True)
+        for sock in self._sockets:
+            sock.detach(close_socket=True)
         self._setup()
 
     # -------------------------------------------------------------- the request path
@@ -744,8 +269,9 @@ class TarantoolMux:
     def _request(self, code: int, body: bytes, schema_version: Optional[int], cls: Any) -> Any:
         """Send one request and park until its reply; return a ``cls`` response (or the body if ``cls`` is None).
 
-        Beyond ``max_in_flight`` the request is queued (registered, not sent); a reply that frees a slot
-        sends it. Either way the greenlet parks once and is resumed once, by its reply or its failure.
+        Without an in-flight permit the request waits for one (registered, not sent; with ``timeout=0`` it
+        fails at once); a reply that frees one sends it. Either way the greenlet parks once and is resumed once,
+        by its reply or its failure.
         """
         if self._generation != _green.fork_generation():
             self._after_fork()
@@ -754,28 +280,34 @@ class TarantoolMux:
             raise MuxClosed(0, f"{self.name} is closed")
         if self._thread != _green.thread_ident():
             self._bind()
-        self._requests += 1
-        conn = self._conn
-        if conn is None:
-            conn = self._conns[self._rr % self.connections]
+        sock = self._socket
+        if sock is None:
+            sock = self._sockets[self._rr % self.shared_connections]
             self._rr += 1
-        if conn.state != _UP:
-            self._connect(conn)
+        if sock.state != UP:
+            self._connect(sock)
+        room = shared.in_flight < shared.max_in_flight and not shared.deferred  # has_room(1), inlined
+        if not room and self.timeout == 0:
+            raise MuxTimeout(0, self._no_permit_message())
+        shared.requests += 1
         self._sync = sync = self._sync + 1
-        if schema_version is None:
-            header = _HEADER.pack(0xCE, _HEADER_LEN + len(body), 0x82, 0, code, 1, 0xCF, sync)
+        if schema_version is None:  # ip.pack_header, written out: this runs once per request
+            header = _pack_header(0xCE, _HEADER_LEN + len(body), 0x82, 0, code, 1, 0xCF, sync)
         else:
-            header = _HEADER_SV.pack(
+            header = _pack_header_sv(
                 0xCE, _HEADER_SV_LEN + len(body), 0x83, 0, code, 1, 0xCF, sync, 5, 0xCF, schema_version
             )
         glet = _green.getcurrent()
-        pending = conn.pending
+        pending = sock.pending
         pending[sync] = glet
-        if shared.in_flight < shared.max_in_flight and not shared.deferred:
+        if room:
             shared.in_flight += 1
-            conn.send_soon(header, body)
+            shared.sent_sync = sync
+            sock.out.append(header)
+            sock.out.append(body)
+            sock.pushed()
         else:
-            shared.deferred.append((glet, conn, pending, sync, header, body))
+            shared.deferred.append(DeferredSyncRequest(sock, header, body, sync, glet))
         switch = self._hub.switch
         try:
             value = switch()
@@ -783,53 +315,68 @@ class TarantoolMux:
                 value = switch()
         except BaseException:
             if pending.get(sync) is glet:
-                pending[sync] = None  # gave up: the reply will be dropped; the slot is freed when it comes
+                pending[sync] = None  # gave up: the reply will be dropped; the permit is freed when it comes
             raise
         if value.__class__ is not dict:
             raise value
         if cls is None:
             return value
-        data = value.get(_DATA)
+        data = value.get(ip.DATA)
         if data is not None and data.__class__ is not list and not isinstance(data, (list, tuple)):
             data = [data]
         return cls(self, sync, value, data, shared.schema_version)
 
+    def _no_permit_message(self) -> str:
+        shared = self._shared
+        return (
+            f"{self.name}: no in-flight permit within timeout={self.timeout} s "
+            f"({shared.in_flight} requests in flight, max_in_flight={shared.max_in_flight})"
+        )
+
     def _sweep(self) -> None:
-        """Periodic timer callback (in the hub): fail the requests that have waited ``timeout`` (for a slot,
-        then for their reply)."""
-        if self._generation != _green.fork_generation() or self.timeout is None:
+        """Periodic timer callback (in the hub): fail the requests that waited ``timeout`` for a permit, or
+        ``socket_timeout`` for their reply since they were sent."""
+        if self._generation != _green.fork_generation():
             return
         now = _green.monotonic()
-        markers = self._markers
-        # Every request numbered below the marker's sync was made before the marker's time.
-        markers.append((now, self._sync + 1))
-        limit = 0
-        deadline = now - self.timeout
-        while markers and markers[0][0] <= deadline:
-            limit = markers.popleft()[1]
-        if not limit:
-            return
+        permit_limit = _mark(self._made_marks, now, self.timeout, self._sync + 1)
+        reply_limit = _mark(self._sent_marks, now, self.socket_timeout, self._shared.sent_sync + 1)
+        if permit_limit:
+            self._expire_permit_waits(permit_limit)
+        if reply_limit:
+            self._expire_reply_waits(reply_limit)
+
+    def _expire_permit_waits(self, limit: int) -> None:
         shared = self._shared
-        for conn in self._conns:
-            pending = conn.pending
+        for request in list(shared.deferred):
+            if request.seq >= limit:
+                break
+            pending = request.sock.pending  # type: ignore[attr-defined]
+            glet = pending.get(request.seq)
+            if glet is not None:
+                pending[request.seq] = None
+                shared.timeouts += 1
+                resume(glet, MuxTimeout(0, self._no_permit_message()))
+
+    def _expire_reply_waits(self, limit: int) -> None:
+        shared = self._shared
+        message = f"{self.name}: no reply within socket_timeout={self.socket_timeout} s"
+        for sock in self._sockets:
+            pending = sock.pending
             if not pending:
                 continue
-            expired = [(sync, glet) for sync, glet in pending.items() if sync < limit and glet is not None]
+            expired = [
+                (sync, glet)
+                for sync, glet in pending.items()
+                if sync < limit and glet is not None and not shared.waiting_since(sync)
+            ]
             for sync, glet in expired:
-                if conn.pending is not pending:
+                if sock.pending is not pending:
                     break
-                if pending.get(sync) is not glet:
-                    continue
-                pending[sync] = None
-                shared.timeouts += 1
-                if shared.is_queued(sync):
-                    message = (
-                        f"{self.name}: no in-flight slot freed within {self.timeout:.2f} s "
-                        f"({shared.in_flight} requests in flight, max_in_flight={shared.max_in_flight})"
-                    )
-                else:
-                    message = f"{self.name}: no reply within {self.timeout:.2f} s"
-                _switch(glet, MuxTimeout(0, message))
+                if pending.get(sync) is glet:
+                    pending[sync] = None
+                    shared.timeouts += 1
+                    resume(glet, MuxTimeout(0, message))
 
     # -------------------------------------------------------------- connecting
 
@@ -842,318 +389,39 @@ class TarantoolMux:
             self._after_fork()
         if self._thread != _green.thread_ident():
             self._bind()
-        for conn in self._conns:
-            if conn.state != _UP:
-                self._connect(conn)
+        for sock in self._sockets:
+            if sock.state != UP:
+                self._connect(sock)
 
-    def _connect(self, conn: _Conn) -> None:
-        """Bring ``conn`` up, or wait for the greenlet that is doing so; raise what the attempt raised."""
-        while conn.state != _UP:
+    def _connect(self, sock: SharedSocket) -> None:
+        """Bring ``sock`` up, or wait for the greenlet that is doing so; raise what the attempt raised."""
+        if self._shared.closed:
+            raise MuxClosed(0, f"{self.name} is closed")
+
+        def start(raw: Any) -> None:
             if self._shared.closed:
-                raise MuxClosed(0, f"{self.name} is closed")
-            attempt = conn.connect_done
-            if conn.state == _CONNECTING and attempt is not None:
-                attempt[0].wait()
-                error = attempt[1]
-                if conn.state != _UP and isinstance(error, MuxConnectionError):
-                    copy = type(error)(error.code, error.message)  # each waiter its own traceback
-                    copy.errno = error.errno
-                    raise copy
-                continue
-            attempt = conn.connect_done = [Event(), None]
-            conn.state = _CONNECTING
-            try:
-                sock = self._open()
-                if self._shared.closed:
-                    sock.close()
-                    raise MuxClosed(0, f"{self.name} was closed while connecting")
-                conn.attach(sock, self._loop)
-            except BaseException as exc:
-                conn.state = _DOWN
-                attempt[1] = exc
-                self._connect_errors += 1
-                raise
-            finally:
-                conn.connect_done = None
-                attempt[0].set()
+                raw.close()
+                raise MuxClosed(0, f"{self.name} was closed while connecting")
+            sock.attach(raw, self._loop)
+
+        connect_shared(sock, self._shared, self._open, start, waiter_error)
 
     def _open(self) -> Any:
-        """Connect, read the greeting, authenticate, all within ``connect_timeout`` (else
-        :class:`MuxConnectTimeout` naming the stage); return a non-blocking stdlib socket. Blocks this greenlet."""
-        address = _format_address(self._address)
-        gsock = gsocket.socket(self._family, _socket_module.SOCK_STREAM)
-        stage = "unix socket connect" if self._family == _socket_module.AF_UNIX else "TCP connect"
-
-        def steps() -> None:
-            nonlocal stage
-            gsock.connect(self._address)
-            if self._family != _socket_module.AF_UNIX:
-                gsock.setsockopt(_socket_module.IPPROTO_TCP, _socket_module.TCP_NODELAY, 1)
-            stage = "greeting"
-            self._version_id, salt = _parse_greeting(_read_exactly(gsock, _GREETING_SIZE), address)
-            if self.user is not None:
-                stage = "authentication"
-                self._authenticate(gsock, salt, address)
-
-        def expired(interruption: BaseException) -> MuxConnectTimeout:
-            seconds = self.connect_timeout or 0.0
-            return MuxConnectTimeout(0, _green.connect_timeout_message(address, seconds, "connect_timeout", stage))
-
-        try:
-            _green.call_within(self.connect_timeout, steps, expired)
-            fd = gsock.detach()
-        except OSError as exc:
-            gsock.close()
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise MuxConnectionError(exc.errno or 0, f"could not connect to {address}: {reason}") from None
-        except BaseException:
-            gsock.close()
-            raise
-        sock = _RawSocket(self._family, _socket_module.SOCK_STREAM, 0, fileno=fd)
-        sock.setblocking(False)
+        """Connect, read the greeting, authenticate, within ``connect_timeout``; blocks this greenlet."""
+        sock, self._version_id = open_socket(
+            self._address, self._family, self.user, self._password, self.connect_timeout
+        )
         return sock
-
-    def _authenticate(self, gsock: Any, salt: bytes, address: str) -> None:
-        user = self.user
-        scramble = _scramble(salt, self._password or "")
-        body = self._pack({_USER_NAME: user, _TUPLE: ["chap-sha1", scramble]})
-        header = _HEADER_SV.pack(0xCE, _HEADER_SV_LEN + len(body), 0x83, 0, _AUTH, 1, 0xCF, 0, 5, 0xCF, 0)
-        gsock.sendall(header + body)
-        prefix = _read_exactly(gsock, 5)
-        length = msgpack.unpackb(prefix)
-        unpacker = _new_unpacker()
-        unpacker.feed(_read_exactly(gsock, length))
-        reply_header = unpacker.unpack()
-        code = reply_header.get(_REQUEST_TYPE, 0)
-        if code:
-            try:
-                reply_body = unpacker.unpack()
-            except msgpack.OutOfData:
-                reply_body = {}
-            message = reply_body.get(_ERROR_24, "") if isinstance(reply_body, dict) else ""
-            error = MuxConnectionError(
-                code & (_TYPE_ERROR - 1), f"authentication as {user!r} at {address} failed: {message}"
-            )
-            error.errno = 0
-            raise error
 
     def _pack_ext(self, obj: Any) -> Any:
         return _ext_default(obj, msgpack.Packer(use_bin_type=True), self._version_id)
-
-    # -------------------------------------------------------------- schema
-
-    def _space_id(self, space: Any) -> int:
-        if space.__class__ is int:
-            return space
-        sid = self._space_ids.get(space)
-        if sid is None:
-            _check_space(space)
-            if isinstance(space, int):
-                return space
-            sid = self._schema.get_space(space).sid
-            self._space_ids[space] = sid
-        return sid
-
-    def _index_id(self, sid: int, index: Any) -> int:
-        if index.__class__ is int:
-            return index
-        iid = self._index_ids.get((sid, index))
-        if iid is None:
-            _check_index(index)
-            if isinstance(index, int):
-                return index
-            iid = self._schema.get_index(sid, index).iid
-            self._index_ids[(sid, index)] = iid
-        return iid
-
-    def _ops(self, sid: int, op_list: Any) -> List[Any]:
-        """``op_list`` with field names replaced by their numbers (as tarantool-python does)."""
-        ops = []
-        for op in op_list:
-            if isinstance(op[1], str):
-                op = list(op)
-                op[1] = self._schema.get_field(sid, op[1])["id"]
-            ops.append(op)
-        return ops
-
-    def _space_request(self, code: int, space: Any, build: Callable[[int], Any], names: bool = False) -> Any:
-        """Send a request on a space given by name or id (``names``: it also names an index or fields).
-
-        A request built from names carries the schema version they were resolved at; when the server's
-        schema has moved since, it refuses the request, and it is rebuilt from fresh names and sent again.
-        """
-        cls = MuxResponse
-        if space.__class__ is int and not names:
-            return self._request(code, self._pack(build(space)), None, cls)
-        for attempt in (1, 2, 3):
-            sid = self._space_id(space)
-            payload = self._pack(build(sid))
-            try:
-                return self._request(code, payload, self._shared.schema_version, cls)
-            except DatabaseError as exc:
-                if exc.code != _ER_WRONG_SCHEMA_VERSION or isinstance(exc, NetworkError) or attempt == 3:
-                    raise
-                self._shared.on_schema()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def flush_schema(self) -> None:
-        """Forget the cached space and index ids; they are fetched again on next use. Never blocks."""
-        self._shared.on_schema()
-
-    # -------------------------------------------------------------- the tarantool-python API
-
-    def ping(self, notime: bool = False) -> Union[float, str]:
-        """Send a PING; return the round trip in seconds (``"Success"`` with ``notime``). Blocks until the reply."""
-        start = time.time()
-        self._request(_PING, b"", None, None)
-        if notime:
-            return "Success"
-        return time.time() - start
-
-    def select(
-        self,
-        space_name: Union[str, int],
-        key: Any = None,
-        *,
-        offset: int = 0,
-        limit: int = 0xFFFFFFFF,
-        index: Union[str, int] = 0,
-        iterator: Union[str, int, None] = None,
-    ) -> Response:
-        """SELECT from a space by ``key`` on ``index`` (name or id); ``iterator`` is a number or a name of
-        :data:`ITERATORS` (default ``EQ``, or ``ALL`` for an empty key). Returns a ``Response`` of tuples."""
-        _check_space(space_name)
-        _check_index(index)
-        offset = check_int("offset", offset)
-        limit = check_int("limit", limit)
-        if iterator is None:
-            iterator = 0
-            if key is None or (isinstance(key, (list, tuple)) and len(key) == 0):
-                iterator = 2
-        elif isinstance(iterator, str):
-            if iterator.upper() not in ITERATORS:
-                raise ValueError(f"iterator must be one of {', '.join(ITERATORS)} or a number, got {iterator!r}")
-            iterator = ITERATORS[iterator.upper()]
-        else:
-            iterator = check_int("iterator", iterator)
-        key = wrap_key(key, select=True)
-        it = iterator
-
-        def build(sid: int) -> Dict[int, Any]:
-            iid = self._index_id(sid, index)
-            return {_SPACE_ID: sid, _INDEX_ID: iid, _OFFSET: offset, _LIMIT: limit, _ITERATOR: it, _KEY: key}
-
-        return self._space_request(_SELECT, space_name, build, isinstance(index, str))
-
-    def insert(self, space_name: Union[str, int], values: Sequence[Any]) -> Response:
-        """INSERT ``values`` (a list or tuple) into a space; a duplicate key raises ``DatabaseError``.
-        Returns a ``Response`` holding the inserted tuple."""
-        return self._store(_INSERT, space_name, values)
-
-    def replace(self, space_name: Union[str, int], values: Sequence[Any]) -> Response:
-        """REPLACE ``values`` (a list or tuple) in a space. Returns a ``Response`` holding the new tuple."""
-        return self._store(_REPLACE, space_name, values)
-
-    def _store(self, code: int, space_name: Any, values: Any) -> Any:
-        if values.__class__ is not list and not isinstance(values, (list, tuple)):
-            _check_values("values", values)
-        if space_name.__class__ is int:
-            return self._request(code, self._pack({_SPACE_ID: space_name, _TUPLE: values}), None, MuxResponse)
-        sid = self._space_ids.get(space_name) if space_name.__class__ is str else None
-        if sid is not None:
-            payload = self._pack({_SPACE_ID: sid, _TUPLE: values})
-            try:
-                return self._request(code, payload, self._shared.schema_version, MuxResponse)
-            except DatabaseError as exc:
-                if exc.code != _ER_WRONG_SCHEMA_VERSION or isinstance(exc, NetworkError):
-                    raise
-                self._shared.on_schema()
-        _check_space(space_name)
-        return self._space_request(code, space_name, lambda sid: {_SPACE_ID: sid, _TUPLE: values})
-
-    def delete(self, space_name: Union[str, int], key: Any, *, index: Union[str, int] = 0) -> Response:
-        """DELETE the tuple with ``key`` on ``index`` (name or id). Returns a ``Response`` with the deleted tuple."""
-        _check_space(space_name)
-        _check_index(index)
-        key = wrap_key(key)
-
-        def build(sid: int) -> Dict[int, Any]:
-            return {_SPACE_ID: sid, _INDEX_ID: self._index_id(sid, index), _KEY: key}
-
-        return self._space_request(_DELETE, space_name, build, isinstance(index, str))
-
-    def update(
-        self, space_name: Union[str, int], key: Any, op_list: Sequence[Any], *, index: Union[str, int] = 0
-    ) -> Response:
-        """UPDATE the tuple with ``key`` by ``op_list`` (``[('+', 2, 1), ('=', 'value', x)]``, fields by number
-        as tarantool-python takes them, or by name). Returns a ``Response`` with the updated tuple."""
-        _check_space(space_name)
-        _check_index(index)
-        _check_ops(op_list)
-        key = wrap_key(key)
-
-        def build(sid: int) -> Dict[int, Any]:
-            return {_SPACE_ID: sid, _INDEX_ID: self._index_id(sid, index), _KEY: key, _TUPLE: self._ops(sid, op_list)}
-
-        return self._space_request(_UPDATE, space_name, build, _names_in(index, op_list))
-
-    def upsert(
-        self,
-        space_name: Union[str, int],
-        tuple_value: Sequence[Any],
-        op_list: Sequence[Any],
-        *,
-        index: Union[str, int] = 0,
-    ) -> Response:
-        """UPSERT: insert ``tuple_value``, or apply ``op_list`` to the existing tuple. Returns an empty ``Response``."""
-        _check_space(space_name)
-        _check_index(index)
-        _check_values("tuple_value", tuple_value)
-        _check_ops(op_list)
-
-        def build(sid: int) -> Dict[int, Any]:
-            iid = self._index_id(sid, index)
-            return {_SPACE_ID: sid, _INDEX_ID: iid, _TUPLE: tuple_value, _OPS: self._ops(sid, op_list)}
-
-        return self._space_request(_UPSERT, space_name, build, _names_in(index, op_list))
-
-    def call(self, func_name: str, *args: Any) -> Response:
-        """CALL a stored Lua function with ``args`` (one list or tuple argument is taken as the argument list).
-        Returns a ``Response`` whose data are the function's return values."""
-        if not isinstance(func_name, str):
-            raise TypeError(f"func_name must be a str, got {func_name!r} ({type(func_name).__name__})")
-        arguments = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
-        return self._request(_CALL, self._pack({_FUNCTION_NAME: func_name, _TUPLE: arguments}), None, MuxResponse)
-
-    def eval(self, expr: str, *args: Any) -> Response:
-        """EVAL a Lua expression with ``args`` (available as ``...``). Returns a ``Response`` of its results."""
-        if not isinstance(expr, str):
-            raise TypeError(f"expr must be a str, got {expr!r} ({type(expr).__name__})")
-        arguments = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
-        return self._request(_EVAL, self._pack({_EXPR: expr, _TUPLE: arguments}), None, MuxResponse)
-
-    def execute(self, query: str, params: Union[Sequence[Any], Mapping[str, Any], None] = None) -> ResponseExecute:
-        """EXECUTE an SQL statement with positional (``?``) or named (``:name``) ``params``. Returns a
-        ``ResponseExecute`` (``data``, ``affected_row_count``, ``autoincrement_ids``)."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {query!r} ({type(query).__name__})")
-        if not params:
-            bind: Any = []
-        elif isinstance(params, Mapping):
-            bind = [{f":{name}": value} for name, value in params.items()]
-        elif isinstance(params, (list, tuple)):
-            bind = params
-        else:
-            raise TypeError(f"params must be a list, tuple or mapping, got {params!r} ({type(params).__name__})")
-        body = self._pack({_SQL_TEXT: query, _SQL_BIND: bind})
-        return self._request(_EXECUTE, body, None, MuxResponseExecute)
 
     # -------------------------------------------------------------- closing and introspection
 
     def close(self) -> None:
         """Close the sockets; idempotent, never blocks.
 
-        Requests in flight and greenlets waiting for a slot fail with :class:`MuxClosed` (from the hub, at its
+        Requests in flight and greenlets waiting for a permit fail with :class:`MuxClosed` (from the hub, at its
         next turn), and so does every later request.
         """
         shared = self._shared
@@ -1166,8 +434,8 @@ class TarantoolMux:
             return
         message = f"{self.name} was closed before the reply came"
         loop = self._loop or _green.get_hub().loop
-        for conn in self._conns:
-            pending = conn.detach(close_socket=True)
+        for sock in self._sockets:
+            pending = sock.detach(close_socket=True)
             if pending:
                 loop.run_callback(fail_pending, shared, pending, MuxClosed, 0, message)
 
@@ -1187,45 +455,39 @@ class TarantoolMux:
         self.close()
 
     def get_stats(self) -> Dict[str, Union[int, str]]:
-        """Return a snapshot as a plain dict.
-
-        Gauges: ``name``, ``connections`` (sockets configured), ``connected`` (sockets up), ``in_flight``,
-        ``max_in_flight``, ``waiting`` (greenlets queued for an in-flight slot). Totals since creation:
-        ``requests`` (started), ``replies``, ``error_replies`` (``DatabaseError`` raised), ``timeouts``,
-        ``failed`` (by a lost connection or ``close()``), ``dropped`` (late replies of requests whose greenlet
-        gave up), ``connects``, ``connect_errors``, ``sends`` and ``recvs`` (system calls: ``requests / sends``
-        is the average batch), ``bytes_sent``, ``bytes_received``.
-        """
+        """Return a snapshot as a plain dict: ``name`` and the ``mux_*`` keys :class:`greenpool.RedisMuxPool`
+        reports too (the README lists them; ``mux_requests / mux_writes`` is the average batch). In a fork's
+        child they start from zero. Never blocks."""
         if self._generation != _green.fork_generation():
             self._after_fork()
-        shared = self._shared
-        retired = self._retired
-        conns = self._conns
-        return {
-            "name": self.name,
-            "connections": len(conns),
-            "connected": sum(1 for conn in conns if conn.state == _UP),
-            "in_flight": shared.in_flight,
-            "max_in_flight": shared.max_in_flight,
-            "waiting": shared.queued(),
-            "requests": self._requests,
-            "replies": shared.replies,
-            "error_replies": shared.error_replies,
-            "timeouts": shared.timeouts,
-            "failed": shared.failed,
-            "dropped": shared.dropped,
-            "connects": retired[0] + sum(conn.connects for conn in conns),
-            "connect_errors": self._connect_errors,
-            "sends": retired[1] + sum(conn.writes for conn in conns),
-            "recvs": retired[2] + sum(conn.reads for conn in conns),
-            "bytes_sent": retired[3] + sum(conn.bytes_out for conn in conns),
-            "bytes_received": retired[4] + sum(conn.bytes_in for conn in conns),
-        }
+        stats: Dict[str, Union[int, str]] = {"name": self.name}
+        stats.update(mux_stats(self._shared, list(self._sockets)))
+        return stats
+
+    def pop_stats(self) -> Dict[str, Union[int, str]]:
+        """Return :meth:`get_stats` and reset its totals to zero (the gauges stay). Never blocks."""
+        stats = self.get_stats()
+        reset_totals(self._shared, list(self._sockets))
+        return stats
 
     def __repr__(self) -> str:
-        state = "closed" if self._shared.closed else f"connected={sum(c.state == _UP for c in self._conns)}"
+        up = sum(sock.state == UP for sock in self._sockets)
+        state = "closed" if self._shared.closed else f"connected={up}"
         user = f" user={self.user!r}" if self.user else ""
         return (
-            f"<{type(self).__name__} {self.name} {_format_address(self._address)}{user} {state}/"
-            f"{len(self._conns)} in_flight={self._shared.in_flight}>"
+            f"<{type(self).__name__} {self.name!r} {format_address(self._address)}{user} {state}/"
+            f"{len(self._sockets)} in_flight={self._shared.in_flight}>"
         )
+
+
+def _mark(marks: Deque[Tuple[float, int]], now: float, bound: Optional[float], first_after: int) -> int:
+    """Record that every ``sync`` below ``first_after`` was made (or sent) by ``now``; return the ``sync`` below
+    which every request was made (sent) at least ``bound`` seconds ago (0: none, or no bound)."""
+    if not bound:
+        return 0
+    marks.append((now, first_after))
+    limit = 0
+    deadline = now - bound
+    while marks and marks[0][0] <= deadline:
+        limit = marks.popleft()[1]
+    return limit

@@ -31,7 +31,6 @@ lazily), gevent, the harness and :mod:`stress.asynctnt_worker` (standard library
 from __future__ import annotations
 
 import importlib
-import inspect
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urlparse
@@ -490,17 +489,13 @@ class MuxTarantool(Contender):
     ) -> Workload:
         from greenpool.tarantool_mux import MuxTimeout, TarantoolMux
 
-        # The vocabulary's names where this greenpool has them (shared_connections, socket_timeout for one
-        # reply), else the earlier ones (connections, timeout).
-        accepted = inspect.signature(TarantoolMux).parameters
-        sockets = "shared_connections" if "shared_connections" in accepted else "connections"
-        reply_wait = "socket_timeout" if "socket_timeout" in accepted else "timeout"
         mux = TarantoolMux(
             target.host,
             target.port,
             user=target.user,
             password=target.password,
-            **{sockets: self.connections, reply_wait: timeout},
+            shared_connections=self.connections,
+            socket_timeout=timeout,
         )
 
         def make_op(action: Callable[[Any], Any]) -> Callable[[], None]:
@@ -513,12 +508,7 @@ class MuxTarantool(Contender):
             return op
 
         ops = [make_op(target.action_for(i)) for i in range(greenlets)]
-
-        def opened() -> int:
-            stats = mux.get_stats()
-            return int(stats.get("mux_connects", stats.get("connects", 0)))
-
-        return Workload(ops, mux.close, opened)
+        return Workload(ops, mux.close, lambda: int(mux.get_stats()["mux_connects"]))
 
 
 class AsynctntTarantool(Contender):

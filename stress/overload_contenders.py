@@ -409,8 +409,8 @@ class TarantoolMuxContender(OverloadContender):
     def client(self, data: TarantoolData, max_connections: int, timeout: float) -> Client:
         from greenpool.tarantool_mux import TarantoolMux
 
-        mux = TarantoolMux(data.host, data.port, user=data.user, password=data.password, timeout=timeout)
-        return Client(data.command_for(mux), self.deadline(), lambda: int(mux.get_stats()["connects"]), mux.close)
+        mux = TarantoolMux(data.host, data.port, user=data.user, password=data.password, socket_timeout=timeout)
+        return Client(data.command_for(mux), self.deadline(), lambda: int(mux.get_stats()["mux_connects"]), mux.close)
 
 
 class NoConnectionAvailable(Exception):

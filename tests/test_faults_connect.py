@@ -142,11 +142,11 @@ class TarantoolMuxKind(TarantoolPoolKind):
 
     def make(self, host: str, port: int, bound: float = BOUND, **kw: Any) -> Any:
         user, password = TarantoolServer.user, TarantoolServer.password
-        return TarantoolMux(host, port, user=user, password=password, connect_timeout=bound, timeout=5)
+        return TarantoolMux(host, port, user=user, password=password, connect_timeout=bound, socket_timeout=5)
 
     def idle(self, obj: Any) -> Dict[str, Any]:
         stats = obj.get_stats()
-        return {"size": stats["connected"], "in_use": stats["in_flight"]}
+        return {"size": stats["mux_sockets_up"], "in_use": stats["mux_in_flight"]}
 
 
 KINDS = [GeventPoolKind(), RedisMuxPoolKind(), TarantoolPoolKind(), TarantoolMuxKind()]

@@ -51,7 +51,7 @@ def build(make: Callable[[], Any]) -> None:
     else:
         event("built")
         stats = pool.get_stats()
-        assert stats["pool_size" if "pool_size" in stats else "connected"] == 0, stats
+        assert stats["pool_size" if "pool_size" in stats else "mux_sockets_up"] == 0, stats
         del pool
     gc.collect()
     assert open_fds() <= before
@@ -92,7 +92,10 @@ def test_tarantool_pool_constructor(data: st.DataObject) -> None:
 @FUZZ
 @given(st.data())
 def test_tarantool_mux_constructor(data: st.DataObject) -> None:
-    kwargs = options(data.draw, ("connections", "timeout", "max_in_flight", "connect_timeout", "name", "user"))
+    kwargs = options(
+        data.draw,
+        ("shared_connections", "timeout", "socket_timeout", "max_in_flight", "connect_timeout", "name", "user"),
+    )
     host = data.draw(st.one_of(st.just("127.0.0.1"), ANY))
     port = data.draw(st.one_of(st.just(PORT), ANY))
     build(lambda: TarantoolMux(host, port, **kwargs))
@@ -103,7 +106,7 @@ def url_text(scheme: str) -> st.SearchStrategy[str]:
     query = st.lists(
         st.tuples(
             st.sampled_from(
-                [*POOL_OPTIONS, "max_connections", "min_connections", "db", "connections", "max_in_flight", "x"]
+                [*POOL_OPTIONS, "max_connections", "min_connections", "db", "shared_connections", "max_in_flight", "x"]
             ),
             query_value,
         ),

@@ -77,7 +77,7 @@ def test_deadline_sheds_a_redis_checkout_that_cannot_be_served_in_time(redis_ser
 def test_deadline_works_through_tarantool(kind: str, tarantool_server: Any) -> None:
     s = tarantool_server
     if kind == "mux":
-        client: Any = TarantoolMux(s.host, s.port, s.user, s.password, timeout=5)
+        client: Any = TarantoolMux(s.host, s.port, s.user, s.password, socket_timeout=5)
     else:
         client = TarantoolPool(s.host, s.port, user=s.user, password=s.password, max_connections=2, timeout=5)
     with greenpool.deadline(5):

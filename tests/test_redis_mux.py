@@ -131,9 +131,67 @@ def test_xread_without_block_stays_shared(client: redis.Redis, pool: RedisMuxPoo
     assert pool.get_stats()["mux_dedicated_checkouts"] == 0
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_broad_command_set_never_takes_a_dedicated_connection(redis_server: Any, prefix: str, protocol: int) -> None:
+    # redis-py reads attributes of the connection on every command and reply (8.2 added _resp2_fallback): any new
+    # one that fell through to a dedicated connection would show here, as a checkout or as a RuntimeWarning
+    # (an error under the test suite's filterwarnings).
+    mux = make_pool(redis_server, protocol=protocol, decode_responses=True)
+    r = redis.StrictRedis(connection_pool=mux)
+    try:
+        k = prefix
+        assert r.ping() is True and r.echo("x") == "x"
+        assert r.set(k + "s", "1") and r.get(k + "s") == "1" and r.incr(k + "s") == 2 and r.incrbyfloat(k + "s", 0.5)
+        assert r.mset({k + "a": "1", k + "b": "2"}) and r.mget([k + "a", k + "b"]) == ["1", "2"]
+        assert r.expire(k + "a", 100) and r.ttl(k + "a") > 0 and r.exists(k + "a") == 1 and r.type(k + "a") == "string"
+        assert r.hset(k + "h", mapping={"f": "v", "g": "w"}) == 2 and r.hgetall(k + "h") == {"f": "v", "g": "w"}
+        assert r.lpush(k + "l", "a", "b") == 2 and r.lrange(k + "l", 0, -1) == ["b", "a"] and r.rpop(k + "l") == "a"
+        assert r.sadd(k + "t", "a", "b") == 2 and r.smembers(k + "t") == {"a", "b"}
+        assert r.zadd(k + "z", {"a": 1.0, "b": 2.0}) == 2 and r.zrange(k + "z", 0, -1, withscores=True)[0][0] == "a"
+        assert r.xadd(k + "x", {"f": "v"}) and len(r.xrange(k + "x")) == 1 and r.xlen(k + "x") == 1
+        assert r.pfadd(k + "p", "a") == 1 and r.pfcount(k + "p") == 1
+        assert r.eval("return ARGV[1]", 0, "lua") == "lua" and r.scan(0, match=k + "*", count=1000)[1]
+        assert r.info("server")["redis_version"] and r.dbsize() >= 1 and r.time()[0] > 0
+        assert r.object("encoding", k + "s") and r.memory_usage(k + "s") is not None
+        assert r.delete(k + "s", k + "a", k + "b") == 3 and r.get(k + "s") is None
+        with pytest.raises(ResponseError):
+            r.lpush(k + "h", "not a list")
+        with r.pipeline(transaction=False) as pipe:
+            assert pipe.set(k + "q", "1").get(k + "q").incr(k + "q").execute() == [True, "1", 2]
+        assert mux.get_stats()["mux_dedicated_checkouts"] == 0
+    finally:
+        mux.disconnect()
+
+
+def test_connection_attributes_are_served_without_a_dedicated_connection_unless_listed(pool: RedisMuxPool) -> None:
+    from greenpool.redis_mux import DEDICATED_ATTRIBUTES
+
+    conn = pool.get_connection()
+    try:
+        assert conn.encoder is pool._template.encoder and conn.socket_timeout == pool._template.socket_timeout
+        assert conn.protocol == pool._template.protocol and not conn.dedicated
+        with pytest.raises(AttributeError):
+            conn.no_such_attribute  # noqa: B018
+        assert pool.get_stats()["mux_dedicated_checkouts"] == 0
+        assert conn.get_protocol() == pool._template.get_protocol() and not conn.dedicated
+        assert isinstance(conn.extract_connection_details(), str) and not conn.dedicated
+        with pytest.warns(RuntimeWarning, match="'get_skipped_end_notifications' is not known to be safe"):
+            conn.get_skipped_end_notifications  # noqa: B018
+        assert conn.dedicated and pool.get_stats()["mux_dedicated_checkouts"] == 1
+    finally:
+        pool.release(conn)
+    conn = pool.get_connection()
+    try:
+        assert "_sock" in DEDICATED_ATTRIBUTES
+        conn._sock  # noqa: B018 - the socket belongs to a connection of the checkout's own
+        assert conn.dedicated and pool.get_stats()["mux_dedicated_checkouts"] == 2
+    finally:
+        pool.release(conn)
+
+
 def test_arguments_are_validated(redis_server: Any) -> None:
-    with pytest.raises(ValueError, match="connections must be >= 1, got 0"):
-        make_pool(redis_server, connections=0)
+    with pytest.raises(ValueError, match="shared_connections must be >= 1, got 0"):
+        make_pool(redis_server, shared_connections=0)
     with pytest.raises(TypeError, match="max_in_flight must be an int, got 'x'"):
         make_pool(redis_server, max_in_flight="x")
 
@@ -142,7 +200,7 @@ def test_arguments_are_validated(redis_server: Any) -> None:
 
 
 def test_from_url_reads_the_mux_settings(redis_server: Any) -> None:
-    url = f"redis://{redis_server.host}:{redis_server.port}/0?connections=2&max_in_flight=64&max_connections=3"
+    url = f"redis://{redis_server.host}:{redis_server.port}/0?shared_connections=2&max_in_flight=64&max_connections=3"
     mux = RedisMuxPool.from_url(url)
     try:
         assert isinstance(mux, RedisMuxPool) and mux.max_connections == 3
@@ -154,8 +212,19 @@ def test_from_url_reads_the_mux_settings(redis_server: Any) -> None:
         mux.disconnect()
     with pytest.raises(ValueError, match="max_in_flight"):
         RedisMuxPool.from_url(f"redis://{redis_server.host}:{redis_server.port}?max_in_flight=lots")
-    with pytest.raises(ValueError, match="connections"):
-        RedisMuxPool.from_url(f"redis://{redis_server.host}:{redis_server.port}?connections=0")
+    with pytest.raises(ValueError, match="shared_connections"):
+        RedisMuxPool.from_url(f"redis://{redis_server.host}:{redis_server.port}?shared_connections=0")
+
+
+def test_the_old_connections_argument_still_works_with_a_deprecation_warning(redis_server: Any) -> None:
+    with pytest.warns(DeprecationWarning, match="'connections' is deprecated, use 'shared_connections'"):
+        mux = make_pool(redis_server, connections=2)
+    assert mux.shared_connections == 2 and mux.get_stats()["mux_shared_connections"] == 2
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="shared_connections=3 and connections=2"):
+        make_pool(redis_server, shared_connections=3, connections=2)
+    url = f"redis://{redis_server.host}:{redis_server.port}?connections=3"
+    with pytest.warns(DeprecationWarning, match="'connections' is deprecated"):
+        assert RedisMuxPool.from_url(url).shared_connections == 3
 
 
 def test_the_shared_sockets_belong_to_one_thread(client: redis.Redis, pool: RedisMuxPool) -> None:
@@ -183,7 +252,7 @@ def test_the_shared_sockets_belong_to_one_thread(client: redis.Redis, pool: Redi
 
 
 def test_replies_match_requests_under_1000_greenlets(redis_server: Any, prefix: str) -> None:
-    mux = make_pool(redis_server, connections=2, max_in_flight=256)
+    mux = make_pool(redis_server, shared_connections=2, max_in_flight=256)
     r = redis.StrictRedis(connection_pool=mux)
     rng = random.Random(7)
     sizes = [0, 1, 17, 1000, 65536, 300_000, 1024 * 1024]
@@ -438,7 +507,7 @@ def test_max_in_flight_bounds_the_queue(redis_server: Any, prefix: str) -> None:
 
     def sampler() -> None:
         while not stop.is_set():
-            highest[0] = max(highest[0], mux._counters.in_flight)
+            highest[0] = max(highest[0], mux._shared.in_flight)
             gevent.sleep(0)
 
     def worker(i: int) -> None:

@@ -57,7 +57,7 @@ def redis_pool(kind: str, server: Any, **extra: Any) -> Any:
         "socket_timeout": 5,
     }
     if kind == "mux":
-        return RedisMuxPool(connections=2, **kwargs)
+        return RedisMuxPool(shared_connections=2, **kwargs)
     return GeventPool(**kwargs)
 
 
@@ -116,7 +116,9 @@ def test_redis_idle_timeout_on_the_server_fails_no_command(fresh_redis: Any, req
 
 def tarantool_client(kind: str, server: Any) -> Any:
     if kind == "mux":
-        return TarantoolMux(server.host, server.port, server.user, server.password, connections=2, timeout=5)
+        return TarantoolMux(
+            server.host, server.port, server.user, server.password, shared_connections=2, socket_timeout=5
+        )
     return TarantoolPool(
         server.host,
         server.port,

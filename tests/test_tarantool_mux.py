@@ -148,7 +148,7 @@ def test_error_replies_raise_database_error_with_the_servers_code_and_message(mu
         mux.select("no_such_space", 1)
     assert mux.select("tester", key).data == [[key, "x"]]  # the connection is still fine
     stats = mux.get_stats()
-    assert stats["error_replies"] >= 3 and stats["connects"] == 1 and stats["failed"] == 0
+    assert stats["mux_error_replies"] >= 3 and stats["mux_connects"] == 1 and stats["mux_failed"] == 0
     mux.delete("tester", key)
 
 
@@ -236,8 +236,8 @@ def test_every_reply_matches_its_request_under_1200_greenlets_with_mixed_command
     assert done[0] == 1200
     assert mismatches == []
     stats = mux.get_stats()
-    assert stats["replies"] == stats["requests"] and stats["in_flight"] == 0 and stats["dropped"] == 0
-    assert stats["sends"] < stats["requests"] / 2, "requests were not coalesced into fewer sends"
+    assert stats["mux_replies"] == stats["mux_requests"] and stats["mux_in_flight"] == 0 and stats["mux_dropped"] == 0
+    assert stats["mux_writes"] < stats["mux_requests"] / 2, "requests were not coalesced into fewer sends"
 
 
 #: How many of each outcome the interruption soak wants (the mux's dropped late replies too); how the timeouts land
@@ -279,7 +279,7 @@ def test_interrupted_requests_never_receive_or_steal_another_reply(mux: Tarantoo
             gevent.sleep(0.002)
 
     def reached() -> Dict[str, int]:
-        return {**counts, "dropped": int(mux.get_stats()["dropped"])}
+        return {**counts, "dropped": int(mux.get_stats()["mux_dropped"])}
 
     started = time.monotonic()
     passes = 0
@@ -294,12 +294,12 @@ def test_interrupted_requests_never_receive_or_steal_another_reply(mux: Tarantoo
             break
     assert mismatches == []
     # Every abandoned request's late reply arrives and is dropped; the slots all come back.
-    wait_until(lambda: mux.get_stats()["in_flight"] == 0)
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 0)
     outcome = reached()
     assert all(outcome[what] >= want for what, want in SOAK_WANT.items()), (
         f"{outcome} after {passes} passes in {time.monotonic() - started:.1f} s, wanted {SOAK_WANT}"
     )
-    assert mux.get_stats()["connects"] == 1
+    assert mux.get_stats()["mux_connects"] == 1
     assert mux.call("echo", "after").data == ["after"]
 
 
@@ -318,7 +318,7 @@ def test_an_undecodable_reply_fails_only_its_own_request(mux: TarantoolMux) -> N
     good = [g.value.data for g in calls if g.exception is None]
     assert good == [[n, big if n % 3 else "small"] for n in range(40)]
     stats = mux.get_stats()
-    assert stats["connects"] == 1 and stats["in_flight"] == 0 and stats["failed"] == 0
+    assert stats["mux_connects"] == 1 and stats["mux_in_flight"] == 0 and stats["mux_failed"] == 0
     assert mux.call("echo", "still fine").data == ["still fine"]
 
 
@@ -326,18 +326,18 @@ def test_an_undecodable_reply_fails_only_its_own_request(mux: TarantoolMux) -> N
 
 
 def test_a_timeout_fails_only_that_request_and_its_late_reply_is_dropped(tarantool_server: Any) -> None:
-    with make_mux(tarantool_server, timeout=0.3) as mux:
+    with make_mux(tarantool_server, socket_timeout=0.3) as mux:
         slow = gevent.spawn(mux.eval, "require('fiber').sleep(1.0) return 'late'")
-        wait_until(lambda: mux.get_stats()["in_flight"] == 1)
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
         for n in range(20):  # other requests keep working meanwhile
             assert mux.call("echo", n).data == [n]
         with pytest.raises(MuxTimeout) as info:
             slow.get(timeout=5)
-        assert isinstance(info.value, NetworkError) and "no reply within 0.30 s" in str(info.value)
-        assert mux.get_stats()["timeouts"] == 1
-        wait_until(lambda: mux.get_stats()["dropped"] == 1)
+        assert isinstance(info.value, NetworkError) and "no reply within socket_timeout=0.3 s" in str(info.value)
+        assert mux.get_stats()["mux_timeouts"] == 1
+        wait_until(lambda: mux.get_stats()["mux_dropped"] == 1)
         stats = mux.get_stats()
-        assert stats["in_flight"] == 0 and stats["connects"] == 1 and stats["failed"] == 0
+        assert stats["mux_in_flight"] == 0 and stats["mux_connects"] == 1 and stats["mux_failed"] == 0
         assert mux.eval("return 'next'").data == ["next"]
 
 
@@ -352,28 +352,39 @@ def test_back_pressure_bounds_the_requests_in_flight(tarantool_server: Any) -> N
 
         def watch() -> None:
             while True:
-                seen.append(mux.get_stats()["in_flight"])
+                seen.append(mux.get_stats()["mux_in_flight"])
                 gevent.sleep(0.001)
 
         watcher = gevent.spawn(watch)
         results = [gevent.spawn(mux.eval, probe, i) for i in range(100)]
-        wait_until(lambda: mux.get_stats()["waiting"] > 50)
+        wait_until(lambda: mux.get_stats()["mux_waiting"] > 50)
         gevent.joinall(results, timeout=30, raise_error=True)
         watcher.kill()
         assert [g.value.data for g in results] == [[i] for i in range(100)]
         assert mux.eval("return mux_max").data == [8]  # the server never had more than 8 at once
-        assert max(seen) == 8 and mux.get_stats()["waiting"] == 0
+        assert max(seen) == 8 and mux.get_stats()["mux_waiting"] == 0
 
 
-def test_waiting_for_an_in_flight_slot_times_out(tarantool_server: Any) -> None:
-    with make_mux(tarantool_server, max_in_flight=1, timeout=0.2) as mux:
-        hog = gevent.spawn(mux.eval, "require('fiber').sleep(0.6)")
-        wait_until(lambda: mux.get_stats()["in_flight"] == 1)
-        with pytest.raises(MuxTimeout, match=r"no in-flight slot freed within 0\.20 s"):
+def test_waiting_for_an_in_flight_permit_times_out(tarantool_server: Any) -> None:
+    with make_mux(tarantool_server, max_in_flight=1, timeout=0.2, socket_timeout=0.4) as mux:
+        hog = gevent.spawn(mux.eval, "require('fiber').sleep(0.8)")
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
+        with pytest.raises(MuxTimeout, match=r"no in-flight permit within timeout=0\.2 s"):
             mux.ping()
         with pytest.raises(MuxTimeout):
             hog.get(timeout=5)
-        wait_until(lambda: mux.get_stats()["in_flight"] == 0)
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 0)
+        assert mux.ping(notime=True) == "Success"
+
+
+def test_timeout_0_fails_at_once_without_a_permit(tarantool_server: Any) -> None:
+    with make_mux(tarantool_server, max_in_flight=1, timeout=0) as mux:
+        hog = gevent.spawn(mux.eval, "require('fiber').sleep(0.3)")
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
+        with pytest.raises(MuxTimeout, match=r"no in-flight permit within timeout=0\.0 s"):
+            mux.ping()
+        assert mux.get_stats()["mux_waiting"] == 0 and mux.get_stats()["mux_requests"] == 1
+        hog.get(timeout=5)
         assert mux.ping(notime=True) == "Success"
 
 
@@ -381,21 +392,21 @@ def test_a_request_given_up_while_queued_for_a_slot_is_never_sent(tarantool_serv
     with make_mux(tarantool_server, max_in_flight=1) as mux:
         mux.eval("mux_queued_ran = false")
         hog = gevent.spawn(mux.eval, "require('fiber').sleep(0.3)")
-        wait_until(lambda: mux.get_stats()["in_flight"] == 1)
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 1)
         queued = gevent.spawn(mux.eval, "mux_queued_ran = true")
-        wait_until(lambda: mux.get_stats()["waiting"] == 1)
+        wait_until(lambda: mux.get_stats()["mux_waiting"] == 1)
         queued.kill()
-        assert mux.get_stats()["waiting"] == 0
+        assert mux.get_stats()["mux_waiting"] == 0
         hog.get(timeout=5)
         assert mux.eval("return mux_queued_ran").data == [False]
         stats = mux.get_stats()
-        assert stats["in_flight"] == 0 and stats["dropped"] == 0 and stats["requests"] == 4
+        assert stats["mux_in_flight"] == 0 and stats["mux_dropped"] == 0 and stats["mux_requests"] == 4
 
 
 def test_close_fails_pending_and_queued_requests_and_later_ones(tarantool_server: Any) -> None:
     mux = make_mux(tarantool_server, max_in_flight=4)
     sleepers = [gevent.spawn(mux.eval, "require('fiber').sleep(5)") for _ in range(10)]
-    wait_until(lambda: mux.get_stats()["in_flight"] == 4 and mux.get_stats()["waiting"] == 6)
+    wait_until(lambda: mux.get_stats()["mux_in_flight"] == 4 and mux.get_stats()["mux_waiting"] == 6)
     mux.close()
     mux.close()  # idempotent
     gevent.joinall(sleepers, timeout=2)
@@ -411,24 +422,24 @@ def test_close_fails_pending_and_queued_requests_and_later_ones(tarantool_server
 
 
 def test_server_killed_mid_flight_fails_every_request_promptly_then_recovers(fresh_tarantool: Any) -> None:
-    mux = make_mux(fresh_tarantool, timeout=30)
+    mux = make_mux(fresh_tarantool, socket_timeout=30)
     try:
         mux.ping()
         inflight = [gevent.spawn(mux.eval, "require('fiber').sleep(20) return 1") for _ in range(200)]
-        wait_until(lambda: mux.get_stats()["in_flight"] == 200 and mux.get_stats()["sends"] >= 2)
+        wait_until(lambda: mux.get_stats()["mux_in_flight"] == 200 and mux.get_stats()["mux_writes"] >= 2)
         fresh_tarantool.kill()
         gevent.joinall(inflight, timeout=5)
         assert all(g.dead for g in inflight), "requests hang after the server died"
         for glet in inflight:
             assert isinstance(glet.exception, MuxConnectionError) and isinstance(glet.exception, NetworkError)
         assert "lost the connection" in str(inflight[0].exception)
-        assert mux.get_stats()["failed"] == 200 and mux.get_stats()["in_flight"] == 0
+        assert mux.get_stats()["mux_failed"] == 200 and mux.get_stats()["mux_in_flight"] == 0
         with pytest.raises(MuxConnectionError, match="could not connect"):
             mux.ping()  # nothing listens now
         fresh_tarantool.start()
         assert mux.call("echo", "back").data == ["back"]  # the next request reconnects
         stats = mux.get_stats()
-        assert stats["connects"] == 2 and stats["connected"] == 1 and stats["connect_errors"] == 1
+        assert stats["mux_connects"] == 2 and stats["mux_sockets_up"] == 1 and stats["mux_connect_errors"] == 1
     finally:
         mux.close()
 
@@ -437,31 +448,72 @@ def test_from_url_takes_the_pools_url_and_the_mux_options(tarantool_server: Any)
     s = tarantool_server
     url = (
         f"tarantool://{s.user}:{s.password.replace('-', '%2D')}@{s.host}:{s.port}"
-        "?connections=2&max_in_flight=64&timeout=1.5&connect_timeout=none&name=mux-from-url"
+        "?shared_connections=2&max_in_flight=64&timeout=1.5&socket_timeout=2&connect_timeout=none&name=mux-from-url"
     )
     with TarantoolMux.from_url(url) as mux:
-        assert (mux.connections, mux.max_in_flight, mux.timeout, mux.connect_timeout) == (2, 64, 1.5, None)
-        assert mux.name == "mux-from-url" and mux.user == s.user and (mux.host, mux.port) == (s.host, s.port)
+        assert (mux.shared_connections, mux.max_in_flight, mux.timeout, mux.connect_timeout) == (2, 64, 1.5, None)
+        assert mux.socket_timeout == 2 and mux.name == "mux-from-url" and mux.user == s.user
+        assert (mux.host, mux.port) == (s.host, s.port)
         gevent.joinall([gevent.spawn(mux.call, "echo", i) for i in range(4)], raise_error=True)
-        assert mux.get_stats()["connects"] == 2
+        assert mux.get_stats()["mux_connects"] == 2
         assert s.password not in repr(mux)
-    other = TarantoolMux.from_url(f"tarantool://{s.host}?connections=3", connections=5)  # kwargs win
-    assert other.connections == 5 and other.port == 3301 and other.user is None
-    with pytest.raises(ValueError, match="unknown tarantool url option 'max_connections'"):
-        TarantoolMux.from_url(f"tarantool://{s.host}?max_connections=3")
+    other = TarantoolMux.from_url(f"tarantool://{s.host}?shared_connections=3", shared_connections=5)  # kwargs win
+    assert other.shared_connections == 5 and other.port == 3301 and other.user is None
+    assert other.name == f"tarantool {s.host}:3301"
     with pytest.raises(ValueError, match="max_in_flight='many' is not an integer"):
         TarantoolMux.from_url(f"tarantool://{s.host}?max_in_flight=many")
     with pytest.raises(ValueError, match="scheme must be 'tarantool'"):
         TarantoolMux.from_url(f"redis://{s.host}")
+    with pytest.raises(ValueError, match="Tarantool Enterprise"):
+        TarantoolMux.from_url(f"tarantool://{s.host}?transport=ssl")
+
+
+def test_from_url_accepts_every_option_of_the_pools_url(tarantool_server: Any) -> None:
+    # The pool's own options are accepted and do not apply; connection_timeout is connect_timeout.
+    from greenpool.tarantool import TarantoolPool
+
+    s = tarantool_server
+    url = (
+        f"tarantool://{s.host}:{s.port}?max_connections=3&min_connections=1&check_after_idle=1&max_lifetime=60"
+        "&max_idle=30&leak_threshold=5&max_waiting=10&queue_policy=fifo&connection_timeout=4&socket_timeout=3"
+        "&reconnect_max_attempts=2&reconnect_delay=0.1&fetch_schema=true&connect_now=false"
+    )
+    pool = TarantoolPool.from_url(url)
+    pool.close()
+    mux = TarantoolMux.from_url(url)
+    assert (mux.connect_timeout, mux.socket_timeout, mux.shared_connections) == (4, 3, 1)
+    assert mux.ping(notime=True) == "Success"
+    mux.close()
+
+
+def test_the_old_connections_argument_still_works_with_a_deprecation_warning(tarantool_server: Any) -> None:
+    s = tarantool_server
+    with pytest.warns(DeprecationWarning, match="'connections' is deprecated, use 'shared_connections'"):
+        mux = TarantoolMux(s.host, s.port, connections=2)
+    assert mux.shared_connections == 2 and mux.get_stats()["mux_shared_connections"] == 2
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="shared_connections=3 and connections=2"):
+        TarantoolMux(s.host, s.port, shared_connections=3, connections=2)
+    with pytest.warns(DeprecationWarning):
+        assert TarantoolMux.from_url(f"tarantool://{s.host}?connections=4").shared_connections == 4
+    assert TarantoolMux(s.host, s.port, connection_timeout=3).connect_timeout == 3  # tarantool-python's name
+
+
+def test_pop_stats_resets_the_totals_not_the_gauges(mux: TarantoolMux) -> None:
+    gevent.joinall([gevent.spawn(mux.call, "echo", i) for i in range(5)], raise_error=True)
+    popped = mux.pop_stats()
+    assert popped["mux_requests"] == popped["mux_replies"] == 5 and popped["mux_connects"] == 1
+    after = mux.get_stats()
+    assert after["mux_requests"] == after["mux_connects"] == after["mux_writes"] == 0
+    assert after["mux_sockets_up"] == 1 and after["mux_max_in_flight"] == 1024
 
 
 def test_a_request_goes_out_at_once_while_the_server_is_idle(mux: TarantoolMux) -> None:
     mux.ping()
-    sends = mux.get_stats()["sends"]
+    sends = mux.get_stats()["mux_writes"]
     seen: List[int] = []
 
     def second() -> None:
-        seen.append(mux.get_stats()["sends"] - sends)
+        seen.append(mux.get_stats()["mux_writes"] - sends)
         mux.ping()
 
     # Both greenlets run in the same loop turn: the first one's request is not held back for a batch.
@@ -471,7 +523,7 @@ def test_a_request_goes_out_at_once_while_the_server_is_idle(mux: TarantoolMux) 
 
 def test_a_send_failing_in_a_greenlet_fails_every_request_then_reconnects(mux: TarantoolMux) -> None:
     mux.ping()
-    mux._conns[0].sock.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE) before the server's EOF is read
+    mux._sockets[0].sock.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE) before the server's EOF is read
     requests = [gevent.spawn(mux.call, "echo", i) for i in range(20)]
     gevent.joinall(requests, timeout=5)
     assert all(g.dead for g in requests), "requests hang after a failed send"
@@ -479,7 +531,7 @@ def test_a_send_failing_in_a_greenlet_fails_every_request_then_reconnects(mux: T
     assert "send failed" in str(requests[0].exception)
     assert mux.call("echo", "back").data == ["back"]  # the next request reconnects
     stats = mux.get_stats()
-    assert stats["connects"] == 2 and stats["failed"] == 20 and stats["in_flight"] == 0
+    assert stats["mux_connects"] == 2 and stats["mux_failed"] == 20 and stats["mux_in_flight"] == 0
 
 
 def test_wrong_password_gives_a_clear_error_without_the_password(tarantool_server: Any) -> None:
@@ -495,7 +547,7 @@ def test_wrong_password_gives_a_clear_error_without_the_password(tarantool_serve
             assert secret not in text
             assert "authentication as 'tester'" in text and "password" in text.lower()
         assert secret not in repr(mux) and secret not in str(mux.get_stats())
-        assert mux.get_stats()["connected"] == 0
+        assert mux.get_stats()["mux_sockets_up"] == 0
     finally:
         mux.close()
 
@@ -507,12 +559,12 @@ def test_a_server_that_never_greets_times_out_the_connect(tarantool_server: Any)
             with gevent.Timeout(5):
                 with pytest.raises(MuxConnectionError, match=r"timed out after 0\.3 s"):
                     mux.ping()
-            assert mux.get_stats()["connect_errors"] == 1 and mux.get_stats()["in_flight"] == 0
+            assert mux.get_stats()["mux_connect_errors"] == 1 and mux.get_stats()["mux_in_flight"] == 0
 
 
 def test_a_silent_server_times_requests_out_then_a_reset_frees_their_slots(tarantool_server: Any) -> None:
     with Proxy(tarantool_server.host, tarantool_server.port) as proxy:
-        with make_mux(tarantool_server, via=proxy, timeout=0.3, max_in_flight=50) as mux:
+        with make_mux(tarantool_server, via=proxy, socket_timeout=0.3, max_in_flight=50) as mux:
             assert mux.ping(notime=True) == "Success"
             proxy.blackhole = True  # the server stops answering; the socket stays open
             silent = [gevent.spawn(mux.call, "echo", n) for n in range(50)]
@@ -521,12 +573,12 @@ def test_a_silent_server_times_requests_out_then_a_reset_frees_their_slots(taran
             assert not isinstance(silent[0].exception, MuxConnectionError)
             assert isinstance(silent[0].exception, MuxError) and isinstance(silent[0].exception, NetworkError)
             # Given-up requests keep their slots until their replies come (or the connection goes).
-            assert mux.get_stats()["in_flight"] == 50
+            assert mux.get_stats()["mux_in_flight"] == 50
             proxy.blackhole = False
             proxy.reset_all()
-            wait_until(lambda: mux.get_stats()["in_flight"] == 0)
+            wait_until(lambda: mux.get_stats()["mux_in_flight"] == 0)
             assert mux.call("echo", "again").data == ["again"]
-            assert mux.get_stats()["connects"] == 2 and mux.get_stats()["timeouts"] == 50
+            assert mux.get_stats()["mux_connects"] == 2 and mux.get_stats()["mux_timeouts"] == 50
 
 
 def test_a_reply_cut_in_the_middle_fails_the_requests_in_flight_and_the_next_reconnects(tarantool_server: Any) -> None:
@@ -540,9 +592,9 @@ def test_a_reply_cut_in_the_middle_fails_the_requests_in_flight_and_the_next_rec
             # No reply of 5 KB fits in the first 1000 bytes: every request fails, none gets half a reply.
             assert all(isinstance(g.exception, MuxConnectionError) for g in calls)
             assert "lost the connection" in str(calls[0].exception)
-            assert mux.get_stats()["failed"] == 20 and mux.get_stats()["in_flight"] == 0
+            assert mux.get_stats()["mux_failed"] == 20 and mux.get_stats()["mux_in_flight"] == 0
             assert mux.call("echo", "whole").data == ["whole"]
-            assert mux.get_stats()["connects"] == 2
+            assert mux.get_stats()["mux_connects"] == 2
 
 
 def test_nothing_listening_fails_fast_with_the_errno() -> None:
@@ -557,9 +609,9 @@ def test_nothing_listening_fails_fast_with_the_errno() -> None:
 def test_guest_user_and_eager_connect_over_several_sockets(tarantool_server: Any) -> None:
     with TarantoolMux(tarantool_server.host, tarantool_server.port) as guest:
         assert guest.ping(notime=True) == "Success"
-    with make_mux(tarantool_server, connections=3) as mux:
+    with make_mux(tarantool_server, shared_connections=3) as mux:
         mux.connect()
-        assert mux.get_stats()["connected"] == 3
+        assert mux.get_stats()["mux_sockets_up"] == 3
         sessions = [gevent.spawn(mux.eval, "return box.session.id()") for _ in range(30)]
         gevent.joinall(sessions, raise_error=True)
         assert len({g.value.data[0] for g in sessions}) == 3
@@ -577,9 +629,12 @@ def test_guest_user_and_eager_connect_over_several_sockets(tarantool_server: Any
         (lambda s: TarantoolMux(None, 3301), TypeError, "port"),
         (lambda s: TarantoolMux(s.host, s.port, user=""), TypeError, "user"),
         (lambda s: TarantoolMux(s.host, s.port, password="x"), ValueError, "password"),
-        (lambda s: TarantoolMux(s.host, s.port, connections=0), ValueError, "connections"),
-        (lambda s: TarantoolMux(s.host, s.port, connections=1.5), TypeError, "connections"),
-        (lambda s: TarantoolMux(s.host, s.port, timeout=0), ValueError, "timeout"),
+        (lambda s: TarantoolMux(s.host, s.port, shared_connections=0), ValueError, "shared_connections"),
+        (lambda s: TarantoolMux(s.host, s.port, shared_connections=1.5), TypeError, "shared_connections"),
+        (lambda s: TarantoolMux(s.host, s.port, timeout=-1), ValueError, "timeout"),
+        (lambda s: TarantoolMux(s.host, s.port, socket_timeout=0), ValueError, "socket_timeout"),
+        (lambda s: TarantoolMux(s.host, s.port, connect_timeout=1, connection_timeout=2), TypeError, "disagree"),
+        (lambda s: TarantoolMux(s.host, s.port, transport="ssl"), ValueError, "Tarantool Enterprise"),
         (lambda s: TarantoolMux(s.host, s.port, timeout="1"), TypeError, "timeout"),
         (lambda s: TarantoolMux(s.host, s.port, max_in_flight=0), ValueError, "max_in_flight"),
         (lambda s: TarantoolMux(s.host, s.port, connect_timeout=-1), ValueError, "connect_timeout"),
@@ -614,19 +669,21 @@ def test_bad_constructor_arguments_are_named(tarantool_server: Any, call: Any, e
 def test_bad_request_arguments_are_named_and_send_nothing(mux: TarantoolMux, call: Any, error: Any, words: str) -> None:
     with pytest.raises(error, match=words):
         call(mux)
-    assert mux.get_stats()["requests"] == 0
+    assert mux.get_stats()["mux_requests"] == 0
 
 
 def test_stats_count_requests_batches_and_bytes(mux: TarantoolMux) -> None:
     stats: Dict[str, Any] = mux.get_stats()
-    assert stats["name"] == "test-mux" and stats["requests"] == 0 and stats["connected"] == 0
+    assert stats["name"] == "test-mux" and stats["mux_requests"] == 0 and stats["mux_sockets_up"] == 0
     gevent.joinall([gevent.spawn(mux.call, "echo", i) for i in range(50)], raise_error=True)
     stats = mux.get_stats()
-    assert stats["requests"] == stats["replies"] == 50 and stats["connects"] == 1
+    assert stats["mux_requests"] == stats["mux_replies"] == 50 and stats["mux_connects"] == 1
     # The first request goes at once, then batches that double while the server works: about log2(50) sends.
-    assert 1 <= stats["sends"] <= 10, f"50 concurrent requests should go out in a few sends, not {stats['sends']}"
-    assert stats["bytes_sent"] > 50 * 18 and stats["bytes_received"] > 50 * 18 and stats["recvs"] >= 1
-    assert stats["max_in_flight"] == 1024 and stats["waiting"] == 0 and stats["in_flight"] == 0
+    assert 1 <= stats["mux_writes"] <= 10, (
+        f"50 concurrent requests should go out in a few sends, not {stats['mux_writes']}"
+    )
+    assert stats["mux_bytes_out"] > 50 * 18 and stats["mux_bytes_in"] > 50 * 18 and stats["mux_reads"] >= 1
+    assert stats["mux_max_in_flight"] == 1024 and stats["mux_waiting"] == 0 and stats["mux_in_flight"] == 0
 
 
 def test_fork_child_opens_its_own_connection_and_leaves_the_parents_alone(mux: TarantoolMux) -> None:
@@ -638,13 +695,13 @@ def test_fork_child_opens_its_own_connection_and_leaves_the_parents_alone(mux: T
         try:
             child_session = mux.eval("return box.session.id()").data[0]
             stats = mux.get_stats()
-            code = 0 if child_session != parent_session and stats["connects"] == 2 else 2
+            code = 0 if child_session != parent_session and stats["mux_connects"] == 1 else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert mux.eval("return box.session.id()").data == [parent_session]
-    assert mux.get_stats()["connects"] == 1
+    assert mux.get_stats()["mux_connects"] == 1
 
 
 def test_a_mux_belongs_to_one_thread(mux: TarantoolMux) -> None:
@@ -666,7 +723,7 @@ def test_a_mux_belongs_to_one_thread(mux: TarantoolMux) -> None:
 def test_a_garbage_collected_mux_closes_its_socket(tarantool_server: Any) -> None:
     mux = make_mux(tarantool_server)
     mux.ping()
-    sock = mux._conns[0].sock
+    sock = mux._sockets[0].sock
     assert sock.fileno() >= 0
     del mux
     gc.collect()
