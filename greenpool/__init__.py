@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from greenpool.redis_mux import RedisMuxPool
     from greenpool.tarantool import TarantoolPool
     from greenpool.tarantool_mux import TarantoolMux
+    from greenpool.tarantool_replicaset import TarantoolReplicaSet
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "RedisMuxPool",
     "TarantoolMux",
     "TarantoolPool",
+    "TarantoolReplicaSet",
     "TooManyWaiting",
     "UnknownConnection",
     "WrongThread",
@@ -52,6 +54,7 @@ _LAZY = {
     "RedisMuxPool": "greenpool.redis_mux",
     "TarantoolPool": "greenpool.tarantool",
     "TarantoolMux": "greenpool.tarantool_mux",
+    "TarantoolReplicaSet": "greenpool.tarantool_replicaset",
 }
 
 

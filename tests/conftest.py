@@ -103,3 +103,16 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         lost = "-" if row.get("lost_writes") is None else str(row["lost_writes"])
         wait = "-" if row.get("max_wait_s") is None else f"{row['max_wait_s']:.3f}"
         write(f"{row['scenario']:<23} {row['backend']:<13} {row['passed']:<7} {recovery:>10} {lost:>11} {wait:>10}")
+
+
+# ---------------------------------------------------------------------- several servers (stress/topologies.py)
+
+
+@pytest.fixture
+def tarantool_replicaset() -> Iterator[object]:
+    """A private 3-instance Tarantool replica set (member 0 the master), for one test (tests switch roles)."""
+    from stress.topologies import TarantoolReplicaSetServers
+
+    servers = TarantoolReplicaSetServers(3)
+    with servers:
+        yield servers
