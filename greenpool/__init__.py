@@ -24,6 +24,7 @@ from greenpool.pool import Pool, PooledConnection
 if TYPE_CHECKING:
     from greenpool.redis import GeventPool
     from greenpool.redis_mux import RedisMuxPool
+    from greenpool.redis_sentinel import GeventSentinelPool
     from greenpool.tarantool import TarantoolPool
     from greenpool.tarantool_mux import TarantoolMux
     from greenpool.tarantool_replicaset import TarantoolReplicaSet
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConnectTimeout",
     "GeventPool",
+    "GeventSentinelPool",
     "Pool",
     "PoolClosed",
     "PoolError",
@@ -55,6 +57,7 @@ _LAZY = {
     "TarantoolPool": "greenpool.tarantool",
     "TarantoolMux": "greenpool.tarantool_mux",
     "TarantoolReplicaSet": "greenpool.tarantool_replicaset",
+    "GeventSentinelPool": "greenpool.redis_sentinel",
 }
 
 

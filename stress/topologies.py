@@ -1,4 +1,4 @@
-"""Start and stop groups of private servers: a Tarantool replica set (and, later here, Redis topologies).
+"""Start and stop groups of private servers: a Tarantool replica set, a Redis Sentinel set.
 
 Each member is a :mod:`stress.servers` server (free loopback port, own temporary directory, SIGTERM when the
 process that started it dies); the members start at once and the group waits, bounded, until
@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .servers import TarantoolServer, free_port
+from .servers import RedisServer, TarantoolServer, free_port
 
-__all__ = ["TarantoolReplicaSetServers", "TARANTOOL_REPLICASET_INIT"]
+__all__ = ["RedisSentinelServers", "TarantoolReplicaSetServers", "TARANTOOL_REPLICASET_INIT"]
 
 TARANTOOL_REPLICASET_INIT = Path(__file__).with_name("tarantool_replicaset.lua")
 
@@ -177,7 +177,148 @@ class TarantoolReplicaSetServers:
         self.close()
 
 
+def _redis_command(host: str, port: int, *args: str, timeout: float = 5.0) -> Any:
+    """Send one command to a Redis (or Sentinel) with redis-py and return its reply."""
+    import redis
+
+    client = redis.Redis(host, port, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+    try:
+        return client.execute_command(*args)
+    finally:
+        client.close()
+
+
+class _LaunchableRedis(_Launchable, RedisServer):
+    """A redis-server that starts a replica's sync at once (no 5 s wait for more replicas to share it)."""
+
+    def _command(self, binary: str) -> List[str]:
+        return [*super()._command(binary), "--repl-diskless-sync-delay", "0"]
+
+
+class SentinelServer(_Launchable, RedisServer):
+    """A ``redis-server --sentinel`` monitoring ``service`` on ``master_port`` (quorum ``quorum``)."""
+
+    def __init__(self, master_port: int, service: str, quorum: int, down_after_ms: int) -> None:
+        super().__init__()
+        self.config = self.dir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.log_path}\n"
+            f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+
+    def _command(self, binary: str) -> List[str]:
+        return [binary, str(self.config), "--sentinel"]
+
+
+class RedisSentinelServers:
+    """A Redis master, ``replicas`` replicas and ``sentinels`` sentinels monitoring it as ``service``.
+
+    ``start()`` blocks until every sentinel sees the replicas and the other sentinels (hello messages go out
+    every 2 s, so about 2-4 s), so that a failover can run at once. ``failover()`` runs ``SENTINEL FAILOVER`` and
+    waits for the new master; ``kill_master()`` crashes the master (the sentinels promote a replica after
+    ``down_after_ms``).
+    """
+
+    def __init__(
+        self, replicas: int = 1, sentinels: int = 3, service: str = "mymaster", down_after_ms: int = 1000
+    ) -> None:
+        self.service = service
+        self.master = _LaunchableRedis()
+        self.replicas = [
+            _LaunchableRedis(extra=["--replicaof", "127.0.0.1", str(self.master.port)]) for _ in range(replicas)
+        ]
+        quorum = sentinels // 2 + 1
+        self.sentinels = [SentinelServer(self.master.port, service, quorum, down_after_ms) for _ in range(sentinels)]
+
+    @property
+    def servers(self) -> List[Any]:
+        return [self.master, *self.replicas, *self.sentinels]
+
+    @property
+    def sentinel_addresses(self) -> List[Any]:
+        return [(s.host, s.port) for s in self.sentinels]
+
+    def master_address(self) -> Any:
+        """The master's ``(host, port)`` as the first sentinel sees it."""
+        host, port = _redis_command(
+            "127.0.0.1", self.sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+        )
+        return host, int(port)
+
+    def _settled(self) -> bool:
+        nreplicas, nsentinels = len(self.replicas), len(self.sentinels) - 1
+        for sentinel in self.sentinels:
+            state = _redis_command("127.0.0.1", sentinel.port, "SENTINEL", "MASTER", self.service)
+            info = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else state
+            if int(info["num-slaves"]) < nreplicas or int(info["num-other-sentinels"]) < nsentinels:
+                return False
+            if "s_down" in info["flags"] or "o_down" in info["flags"]:
+                return False
+            # A sentinel promotes only a replica it has itself talked to lately (else NOGOODSLAVE).
+            for state in _redis_command("127.0.0.1", sentinel.port, "SENTINEL", "REPLICAS", self.service):
+                replica = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else state
+                if replica["flags"] != "slave" or replica.get("master-link-status") != "ok":
+                    return False
+                if int(replica.get("info-refresh", 10**9)) > 5000:
+                    return False
+        for replica in self.replicas:
+            role = _redis_command("127.0.0.1", replica.port, "ROLE")
+            if role[0] != "slave" or role[3] != "connected":
+                return False
+        return True
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Block until every sentinel sees every replica and sentinel (at most ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sentinels did not settle within {timeout} s")
+            time.sleep(0.05)
+
+    def start(self) -> RedisSentinelServers:
+        _start_all([self.master, *self.replicas], 15.0)
+        try:
+            _start_all(self.sentinels, 15.0)
+            self.wait_settled()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def failover(self, timeout: float = 15.0) -> Any:
+        """Run ``SENTINEL FAILOVER`` and block until the sentinels name a new master; return its address."""
+        old = self.master_address()
+        _redis_command("127.0.0.1", self.sentinels[0].port, "SENTINEL", "FAILOVER", self.service)
+        deadline = time.monotonic() + timeout
+        while self.master_address() == old:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no new master within {timeout} s")
+            time.sleep(0.02)
+        return self.master_address()
+
+    def server_at(self, address: Any) -> Any:
+        return next(s for s in [self.master, *self.replicas] if (s.host, s.port) == tuple(address))
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> RedisSentinelServers:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def _main() -> None:  # pragma: no cover - a manual check: python -m stress.topologies
+    started = time.monotonic()
+    with RedisSentinelServers() as ss:
+        print("sentinel set up in", round(time.monotonic() - started, 2), "s; master", ss.master_address())
+        t = time.monotonic()
+        print("failover to", ss.failover(), "in", round(time.monotonic() - t, 2), "s")
     started = time.monotonic()
     with TarantoolReplicaSetServers() as rs:
         print("replica set up in", round(time.monotonic() - started, 2), "s:", rs.addresses)

@@ -116,3 +116,13 @@ def tarantool_replicaset() -> Iterator[object]:
     servers = TarantoolReplicaSetServers(3)
     with servers:
         yield servers
+
+
+@pytest.fixture
+def redis_sentinel_set() -> Iterator[object]:
+    """A private Redis master, 1 replica and 3 sentinels (service ``mymaster``), for one test (tests fail over)."""
+    from stress.topologies import RedisSentinelServers
+
+    servers = RedisSentinelServers(replicas=1, sentinels=3)
+    with servers:
+        yield servers
