@@ -23,6 +23,7 @@ from greenpool.pool import Pool, PooledConnection
 
 if TYPE_CHECKING:
     from greenpool.redis import GeventPool
+    from greenpool.redis_cluster import redis_cluster
     from greenpool.redis_mux import RedisMuxPool
     from greenpool.redis_sentinel import GeventSentinelPool
     from greenpool.tarantool import TarantoolPool
@@ -49,6 +50,7 @@ __all__ = [
     "WrongThread",
     "deadline",
     "remaining",
+    "redis_cluster",
 ]
 
 _LAZY = {
@@ -58,6 +60,7 @@ _LAZY = {
     "TarantoolMux": "greenpool.tarantool_mux",
     "TarantoolReplicaSet": "greenpool.tarantool_replicaset",
     "GeventSentinelPool": "greenpool.redis_sentinel",
+    "redis_cluster": "greenpool.redis_cluster",
 }
 
 

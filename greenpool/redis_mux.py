@@ -58,6 +58,7 @@ _NOT_ENOUGH_DATA: Any = object()
 #: Commands that need a connection of their own: they change or depend on per-connection state, or block.
 DEDICATED_COMMANDS: FrozenSet[str] = frozenset(
     {
+        "ASKING",  # applies to the next command on its connection: both must take the same (dedicated) one
         "AUTH",
         "BLMOVE",
         "BLMPOP",

@@ -1,4 +1,4 @@
-"""Start and stop groups of private servers: a Tarantool replica set, a Redis Sentinel set.
+"""Start and stop groups of private servers: a Tarantool replica set, a Redis Sentinel set, a Redis Cluster.
 
 Each member is a :mod:`stress.servers` server (free loopback port, own temporary directory, SIGTERM when the
 process that started it dies); the members start at once and the group waits, bounded, until
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence
 
 from .servers import RedisServer, TarantoolServer, free_port
 
-__all__ = ["RedisSentinelServers", "TarantoolReplicaSetServers", "TARANTOOL_REPLICASET_INIT"]
+__all__ = ["RedisClusterServers", "RedisSentinelServers", "TarantoolReplicaSetServers", "TARANTOOL_REPLICASET_INIT"]
 
 TARANTOOL_REPLICASET_INIT = Path(__file__).with_name("tarantool_replicaset.lua")
 
@@ -313,7 +313,136 @@ class RedisSentinelServers:
         self.close()
 
 
+class ClusterMember(_Launchable, RedisServer):
+    """A redis-server with ``--cluster-enabled yes`` (its node table in its own directory)."""
+
+    def __init__(self, node_timeout_ms: int) -> None:
+        super().__init__()
+        self.node_timeout_ms = node_timeout_ms
+        self.bus_port = free_port()  # port + 10000 may be past 65535
+
+    def _command(self, binary: str) -> List[str]:
+        return [
+            *super()._command(binary),
+            *("--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")),
+            *("--cluster-node-timeout", str(self.node_timeout_ms), "--repl-diskless-sync-delay", "0"),
+            *("--cluster-port", str(self.bus_port)),
+            *("--cluster-replica-validity-factor", "0"),  # a replica may always take over (tests kill masters)
+        ]
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each (``redis-cli --cluster create``).
+
+    ``start()`` blocks until every node reports ``cluster_state:ok`` and every replica is in sync (a few
+    seconds). ``kill(i)`` crashes member ``i``; with ``node_timeout_ms`` (default 1000) a replica of a killed
+    master takes over about 2 node timeouts later.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters, got {masters!r}")
+        self.replicas_per_master = replicas
+        self.members = [ClusterMember(node_timeout_ms) for _ in range(masters * (replicas + 1))]
+
+    @property
+    def startup_nodes(self) -> List[Any]:
+        return [(m.host, m.port) for m in self.members]
+
+    def _info(self, member: Any) -> Dict[str, str]:
+        text = _redis_command(member.host, member.port, "CLUSTER", "INFO")
+        if isinstance(text, bytes):
+            text = text.decode()
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
+
+    def nodes(self) -> List[Dict[str, Any]]:
+        """``CLUSTER NODES`` as the first live member sees it: id, address, flags, master id, slots."""
+        for member in self.members:
+            if member.proc is None or member.proc.poll() is not None:
+                continue
+            text = _redis_command(member.host, member.port, "CLUSTER", "NODES")
+            if isinstance(text, bytes):
+                text = text.decode()
+            nodes = []
+            for line in str(text).splitlines():
+                fields = line.split()
+                if len(fields) >= 8:
+                    nodes.append(
+                        {
+                            "id": fields[0],
+                            "address": fields[1].split("@")[0],
+                            "flags": fields[2],
+                            "master_id": fields[3],
+                        }
+                    )
+            return nodes
+        raise RuntimeError("no cluster member is running")
+
+    def masters(self) -> List[int]:
+        """The indexes of the members that are masters now (as a live member sees it)."""
+        flagged = {n["address"] for n in self.nodes() if "master" in n["flags"] and "fail" not in n["flags"]}
+        return [i for i, m in enumerate(self.members) if f"{m.host}:{m.port}" in flagged]
+
+    def _settled(self) -> bool:
+        for member in self.members:
+            if member.proc is None or member.proc.poll() is not None:
+                continue
+            if self._info(member).get("cluster_state") != "ok":
+                return False
+            role = _redis_command(member.host, member.port, "ROLE")
+            if role[0] == "slave" and role[3] != "connected":
+                return False
+        return True
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Block until every live node says ``cluster_state:ok`` and its replicas are in sync (at most ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not settle within {timeout} s")
+            time.sleep(0.05)
+
+    def start(self) -> RedisClusterServers:
+        import shutil
+        import subprocess
+
+        _start_all(self.members, 15.0)
+        try:
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("redis-cli is not installed. Install it with: apt-get install -y redis-tools")
+            addresses = [f"{m.host}:{m.port}" for m in self.members]
+            command = [cli, "--cluster", "create", *addresses]
+            command += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
+            out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{out.stdout}\n{out.stderr}")
+            self.wait_settled()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def kill(self, index: int) -> None:
+        self.members[index].kill()
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def _main() -> None:  # pragma: no cover - a manual check: python -m stress.topologies
+    started = time.monotonic()
+    with RedisClusterServers() as cluster:
+        print("cluster up in", round(time.monotonic() - started, 2), "s; masters", cluster.masters())
     started = time.monotonic()
     with RedisSentinelServers() as ss:
         print("sentinel set up in", round(time.monotonic() - started, 2), "s; master", ss.master_address())

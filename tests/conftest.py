@@ -126,3 +126,13 @@ def redis_sentinel_set() -> Iterator[object]:
     servers = RedisSentinelServers(replicas=1, sentinels=3)
     with servers:
         yield servers
+
+
+@pytest.fixture
+def redis_cluster_servers() -> Iterator[object]:
+    """A private Redis Cluster, 3 masters and 3 replicas, for one test (tests migrate slots, kill masters)."""
+    from stress.topologies import RedisClusterServers
+
+    servers = RedisClusterServers(masters=3, replicas=1)
+    with servers:
+        yield servers
