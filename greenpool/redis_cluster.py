@@ -11,6 +11,8 @@ Why not ``RedisCluster(..., connection_pool_class=GeventPool)`` alone:
   one (it closes the node's connections and refreshes the topology), except ``MaxConnectionsError`` (redis-py
   #3684). The pools here raise :class:`ClusterPoolTimeout`, both greenpool's ``RedisPoolTimeout`` and redis-py's
   ``MaxConnectionsError``, so a busy node stays a healthy node.
+- redis-py refreshes the topology under a lock while other greenlets wait for that lock holding a node's
+  connection (after ``CLUSTERDOWN``); the refresh takes a connection of its own rather than wait for theirs.
 - Settings redis-py's cluster does not pass on to node pools (``min_connections``, ``check_after_idle``, the
   multiplexer's ``shared_connections`` and ``max_in_flight``, ...) are baked into a pool class made for this
   cluster.
@@ -27,8 +29,9 @@ Depends on ``greenpool.redis`` and ``greenpool.redis_mux`` and redis-py's ``redi
 
 from __future__ import annotations
 
+import threading
 import weakref
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import MaxConnectionsError
@@ -108,12 +111,35 @@ class ClusterGeventPool(GeventPool):
 
     _defaults: ClassVar[Dict[str, Any]] = {}
     _pending: Any = None
+    #: A weak reference to the cluster's ``NodesManager``, set by :func:`redis_cluster`.
+    _nodes_manager: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{**self._defaults, **kwargs})
         if type(self)._pending is None:
             type(self)._pending = weakref.WeakKeyDictionary()
         self._order = str(_address_of(self.connection_kwargs))
+        self._overflow: Set[int] = set()
+
+    def _refreshing_here(self) -> bool:
+        """Whether this greenlet runs redis-py's topology refresh (``NodesManager.initialize``) now."""
+        ref = type(self)._nodes_manager
+        manager = ref() if ref is not None else None
+        return manager is not None and getattr(manager, "_initializing_thread_id", None) == threading.get_ident()
+
+    def _take(self) -> Any:
+        """A connection for a checkout: from the pool, or, for the topology refresh, a connection of its own.
+
+        redis-py refreshes the topology holding its initialization lock, while greenlets that hold a node's
+        connection wait for that lock (after ``CLUSTERDOWN``, say): were the refresh to wait for one of those
+        connections, both would wait until the checkout timed out. So the refresh (one greenlet at a time, one
+        node at a time) opens a connection beyond ``max_connections`` and closes it when done.
+        """
+        if self._refreshing_here():
+            conn = self._new_connection()
+            self._overflow.add(id(conn))
+            return conn
+        return GeventPool.get_connection(self)
 
     def reset(self) -> None:
         super().reset()
@@ -133,7 +159,7 @@ class ClusterGeventPool(GeventPool):
         pending.sort(key=lambda c: c._pool._order)
         for i, checkout in enumerate(pending):
             try:
-                checkout._conn = GeventPool.get_connection(checkout._pool)
+                checkout._conn = checkout._pool._take()
             except BaseException:
                 rest = [c for c in pending[i + 1 :] if c._conn is None]
                 if rest:
@@ -147,7 +173,12 @@ class ClusterGeventPool(GeventPool):
             return
         conn, connection._conn = connection._conn, None
         if conn is not None:
-            GeventPool.release(connection._pool, conn)
+            pool = connection._pool
+            if id(conn) in pool._overflow:
+                pool._overflow.discard(id(conn))
+                conn.disconnect()
+            else:
+                GeventPool.release(pool, conn)
             return
         pending = self._pending.get(connection._glet)
         if pending is not None:
@@ -246,7 +277,7 @@ def redis_cluster(
         connect_timeout,
         {"min_connections": min_connections, "check_after_idle": check_after_idle, **(pool_kwargs or {})},
     )
-    pool_class = type(base.__name__, (base,), {"_defaults": settings, "__module__": __name__})
+    pool_class: Any = type(base.__name__, (base,), {"_defaults": settings, "__module__": __name__})
     # Fail on a bad setting here, not on the first node redis-py creates.
     pool_class(max_connections=max_connections, timeout=timeout).disconnect()
     kwargs = dict(cluster_kwargs, connection_pool_class=pool_class, max_connections=max_connections, timeout=timeout)
@@ -257,6 +288,7 @@ def redis_cluster(
         if not nodes:
             raise ValueError("startup_nodes must name at least one node")
         cluster = RedisCluster(startup_nodes=nodes, **kwargs)
+    pool_class._nodes_manager = weakref.ref(cluster.nodes_manager)
     try:
         check_cluster_pools(cluster, pool_class)
     except BaseException:

@@ -44,11 +44,13 @@ from stress.contenders import (
 from stress.harness import Progress
 from stress.overload_contenders import STATIC_NAMES, valid_name
 
+from . import failover
+
 __all__ = ["build_parser", "main"]
 
 OVERLOAD, QUICK, SOAK = overload.DEFAULTS, overload.QUICK, overload.SOAK
 
-COMMANDS = ("redis", "tarantool", "tune", "overload")
+COMMANDS = ("redis", "tarantool", "tune", "overload", *failover.COMMANDS)
 DEFAULT_GREENLETS = 5000
 DEFAULT_MAX = "1,10,100"
 DEFAULT_TUNE_MAX = "1,2,5,10,20,50,100"
@@ -226,7 +228,10 @@ def _build() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{redis,tarantool,tune,overload}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{redis,tarantool,tune,overload,replicaset,sentinel,cluster}"
+    )
+    failover.add_commands(commands)
 
     redis_cmd = commands.add_parser(
         "redis", help="compare the pools on Redis (the default)", description="Compare the pools on Redis."
@@ -504,6 +509,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         argv.insert(0, "redis")
     parser, subparsers = _build()
     args = parser.parse_args(argv)
+    if args.command in failover.COMMANDS:
+        return args
     sub = subparsers[args.command]
     if args.command == "overload":
         _overload_args(sub, args)
@@ -741,6 +748,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from stress.servers import ServerMissing
 
     try:
+        if args.command in failover.COMMANDS:
+            return failover.run(args)
         if args.command == "overload":
             return overload.run(args)
         if args.command == "tune" and args.deadline:

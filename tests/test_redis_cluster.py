@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, List
 
 import gevent
+import gevent.event
 import pytest
 import redis
 from redis.cluster import RedisCluster
@@ -167,3 +168,52 @@ def test_bad_arguments() -> None:
         redis_cluster(["127.0.0.1:7000"], connection_pool_class=ClusterGeventPool)
     with pytest.raises(ValueError, match="max_connections"):
         redis_cluster(["127.0.0.1:7000"], max_connections=0)
+
+
+@pytest.mark.parametrize("multiplexed", [False, True], ids=["gevent", "mux"])
+def test_a_killed_master_under_load_errs_only_on_its_slots_and_its_slots_come_back(
+    redis_cluster_servers: Any, multiplexed: bool
+) -> None:
+    servers = redis_cluster_servers
+    host, port = servers.startup_nodes[0]
+    rc = redis_cluster([(host, port)], max_connections=4, timeout=10.0, multiplexed=multiplexed, socket_timeout=5.0)
+    victim = servers.masters()[0]
+    victim_name = f"{servers.members[victim].host}:{servers.members[victim].port}"
+    keys = [f"key{i}" for i in range(150)]
+    on_victim = {k for k in keys if rc.get_node_from_key(k).name == victim_name}
+    assert on_victim and len(on_victim) < len(keys)
+    other_errors: List[BaseException] = []
+    victim_ok_after_kill = [0]
+    done = [0]
+    killed = gevent.event.Event()
+    stop = gevent.event.Event()
+
+    def worker(key: str) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                rc.set(key, n)
+                done[0] += 1
+                if key in on_victim and killed.is_set():
+                    victim_ok_after_kill[0] += 1
+            except Exception as exc:  # errors on the killed master's slots are expected for a while
+                if key not in on_victim:
+                    other_errors.append(exc)
+                gevent.sleep(0.01)
+            n += 1
+
+    try:
+        greenlets = [gevent.spawn(worker, k) for k in keys]
+        wait_until(lambda: done[0] >= 200)
+        servers.kill(victim)
+        killed.set()
+        # A replica takes over (2 node timeouts of 1 s, then the election): its slots serve again.
+        wait_until(lambda: victim_ok_after_kill[0] > 0, timeout=30)
+        stop.set()
+        gevent.joinall(greenlets, timeout=20)
+        assert all(g.dead for g in greenlets)
+        assert other_errors == [], [repr(e) for e in other_errors[:3]]
+        assert all(s["pool_size"] <= 4 for s in cluster_stats(rc)["nodes"].values())
+    finally:
+        stop.set()
+        rc.close()

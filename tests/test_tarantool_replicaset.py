@@ -204,3 +204,16 @@ def test_bad_arguments_name_the_argument_and_secrets_stay_hidden() -> None:
     with pytest.raises(TypeError, match="unexpected argument"):
         TarantoolReplicaSet(["127.0.0.1:3302"], no_such_option=1)
     assert greenpool.TarantoolReplicaSet is TarantoolReplicaSet
+
+
+def test_the_harness_replicaset_scenario_runs_and_checks(tmp_path: Any) -> None:
+    import json
+
+    from stress.cli import main
+
+    out = tmp_path / "rs.json"
+    argv = ["replicaset", "--greenlets", "20", "--duration", "1.5", "--pools", "greenpool", "--check", "--json"]
+    assert main([*argv, str(out)]) == 0
+    [run] = json.loads(out.read_text())["results"]["greenpool"]
+    assert run["ok"] > 0 and run["wrong_replies"] == 0 and run["lost_acked"] == 0 and run["errors"] == 0
+    assert set(run["connections_per_node"]) and run["acked"] == run["ok"]
