@@ -69,6 +69,7 @@ class SentinelDiscovery:
         self._flights: Dict[str, AsyncResult] = {}  # kind -> AsyncResult of the question in flight
         self._last_started = -1e9
         self._last_master: Optional[Address] = None
+        self._refreshing = False  # a background refresh of the master's address is on its way
         self.queries = 0
         self.shared = 0
         self.failures = 0
@@ -90,8 +91,11 @@ class SentinelDiscovery:
     def refresh_master_soon(self) -> None:
         """When the master's address is older than ``ttl`` and nobody asks, ask in a new greenlet; never blocks."""
         cached = self._answers.get("master")
-        if cached is None or "master" in self._flights or _green.monotonic() - cached[1] < self.ttl:
+        if cached is None or self._refreshing or "master" in self._flights:
             return
+        if _green.monotonic() - cached[1] < self.ttl:
+            return
+        self._refreshing = True
         _green.spawn(self._refresh_master)
 
     def _refresh_master(self) -> None:
@@ -99,6 +103,8 @@ class SentinelDiscovery:
             self.master()
         except Exception:  # counted in failures; the next connect asks again
             pass
+        finally:
+            self._refreshing = False
 
     def master(self) -> Address:
         return self._ask("master", lambda: self.sentinel_manager.discover_master(self.service_name))  # type: ignore[no-any-return]

@@ -76,6 +76,24 @@ def _pool_arguments(
     }
 
 
+def _mux_arguments(
+    shared_connections: int, max_in_flight: int, socket_timeout: Optional[float], connect_timeout: Optional[float]
+) -> Dict[str, Any]:
+    """The arguments of one instance's :class:`TarantoolMux`, in the names it takes today (its ``timeout`` is the
+    wait for a reply, the vocabulary's ``socket_timeout``)."""
+    return {
+        "connections": shared_connections,
+        "max_in_flight": max_in_flight,
+        "timeout": socket_timeout,
+        "connect_timeout": connect_timeout,
+    }
+
+
+def _mux_stats(mux: Any) -> Dict[str, Any]:
+    """The multiplexer's figures under ``mux_*`` keys (today's TarantoolMux reports them unprefixed)."""
+    return {k if k.startswith("mux_") else f"mux_{k}": v for k, v in mux.get_stats().items() if k != "name"}
+
+
 def _mode(value: Any) -> Mode:
     if isinstance(value, Mode):
         return value
@@ -116,11 +134,12 @@ def _readonly_refusal(exc: BaseException) -> bool:
 class _Instance:
     """One member: its pool, its last known role, a dedicated probe connection and its counters."""
 
-    def __init__(self, host: str, port: int, pool: TarantoolPool) -> None:
+    def __init__(self, host: str, port: int, pool: TarantoolPool, mux: Any = None) -> None:
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
         self.pool = pool
+        self.mux = mux
         self.role = UNAVAILABLE
         self.status = "unknown"
         self.marked_at = 0.0  # when a request last demoted it (a probe that started earlier is stale)
@@ -204,7 +223,9 @@ class TarantoolReplicaSet:
       (``None``: forever, ``0``: never waits); then :class:`NoInstanceAvailable` or the pool's
       :class:`greenpool.tarantool.TarantoolPoolTimeout`.
     - keyword-only: ``connect_timeout`` (bound on a whole connect, default 10 s), ``socket_timeout`` (bound on
-      one reply, default ``None``), ``refresh_interval`` (seconds between role probes, default 1),
+      one reply, default ``None``), ``multiplexed`` (the helpers go through a :class:`greenpool.TarantoolMux`
+      per instance, with ``shared_connections`` sockets and at most ``max_in_flight`` requests in flight;
+      ``connection()`` still checks out of the pool), ``refresh_interval`` (seconds between role probes, default 1),
       ``probe_timeout`` (bound on one probe, default 1 s), ``name``, and any other :class:`TarantoolPool`
       keyword (``min_connections``, ``check_after_idle``, ``max_lifetime``, ...), given to every instance's pool.
 
@@ -231,6 +252,9 @@ class TarantoolReplicaSet:
         socket_timeout: Optional[float] = None,
         refresh_interval: float = 1.0,
         probe_timeout: float = 1.0,
+        multiplexed: bool = False,
+        shared_connections: int = 1,
+        max_in_flight: int = 1024,
         name: Optional[str] = None,
         **pool_kwargs: Any,
     ) -> None:
@@ -247,14 +271,18 @@ class TarantoolReplicaSet:
         self.name = check_name(name) or f"tarantool replica set {parsed[0][0]}:{parsed[0][1]}+{len(parsed) - 1}"
         self.user = user
         arguments = _pool_arguments(max_connections, timeout, connect_timeout, socket_timeout)
-        self._instances = [
-            _Instance(
-                host,
-                port,
-                TarantoolPool(host, port, user, password, name=f"tarantool {host}:{port}", **arguments, **pool_kwargs),
-            )
-            for host, port in parsed
-        ]
+        mux_arguments = _mux_arguments(shared_connections, max_in_flight, socket_timeout, connect_timeout)
+        self.multiplexed = bool(multiplexed)
+        self._instances: List[_Instance] = []
+        for host, port in parsed:
+            label = f"tarantool {host}:{port}"
+            pool = TarantoolPool(host, port, user, password, name=label, **arguments, **pool_kwargs)
+            mux = None
+            if self.multiplexed:
+                from greenpool.tarantool_mux import TarantoolMux
+
+                mux = TarantoolMux(host, port, user, password, name=f"{label} (mux)", **mux_arguments)
+            self._instances.append(_Instance(host, port, pool, mux))
         self._probe = self._prober(user, password)
         self._turn = itertools.count()
         self._changed = Event()  # set (and replaced) after every probe round
@@ -445,6 +473,8 @@ class TarantoolReplicaSet:
         while True:
             instance = self._choose(mode, end)
             try:
+                if instance.mux is not None:
+                    return getattr(instance.mux, method)(*args, **kwargs)
                 with instance.pool.connection(timeout=self._left(end)) as conn:
                     return getattr(conn, method)(*args, **kwargs)
             except BaseException as exc:
@@ -479,6 +509,8 @@ class TarantoolReplicaSet:
     def _instance_stats(self, instance: _Instance, pool_stats: Dict[str, Union[int, float, str]]) -> Dict[str, Any]:
         out: Dict[str, Any] = {"address": instance.name, "role": instance.role, "status": instance.status}
         out.update(pool_stats)
+        if instance.mux is not None:
+            out.update(_mux_stats(instance.mux))
         out.update(
             role_changes=instance.role_changes,
             readonly_refusals=instance.readonly_refusals,
@@ -531,6 +563,8 @@ class TarantoolReplicaSet:
         for instance in self._instances:
             instance.close_probe()
             instance.pool.close()
+            if instance.mux is not None:
+                instance.mux.close()
         changed, self._changed = self._changed, Event()
         changed.set()
 

@@ -32,7 +32,7 @@ __all__ = ["COMMANDS", "add_commands", "run"]
 COMMANDS = ("replicaset", "sentinel", "cluster")
 
 CONTENDERS: Dict[str, Tuple[str, ...]] = {
-    "replicaset": ("greenpool", "tarantool-pool"),
+    "replicaset": ("greenpool", "greenpool-mux", "tarantool-pool"),
     "sentinel": ("greenpool", "redis-py"),
     "cluster": ("greenpool", "greenpool-mux", "redis-py"),
 }
@@ -164,7 +164,7 @@ def _run_replicaset(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
 
     with TarantoolReplicaSetServers(3) as servers:
         user, password = servers.user, servers.password
-        if contender == "greenpool":
+        if contender.startswith("greenpool"):
             from greenpool import TarantoolReplicaSet
 
             client: Any = TarantoolReplicaSet(
@@ -174,6 +174,7 @@ def _run_replicaset(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
                 max_connections=args.max_connections,
                 timeout=args.timeout,
                 refresh_interval=1.0,
+                multiplexed=contender == "greenpool-mux",
             )
             replace = client.replace
             close = client.close

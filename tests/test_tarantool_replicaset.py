@@ -64,8 +64,9 @@ def test_roles_are_discovered_and_requests_routed_by_mode(tarantool_replicaset: 
         assert all(s["pool_size"] >= 1 for s in stats["instances"].values())
 
 
+@pytest.mark.parametrize("multiplexed", [False, True], ids=["pool", "mux"])
 def test_switchover_under_load_every_reply_to_its_caller_and_writes_on_the_new_master(
-    tarantool_replicaset: Any,
+    tarantool_replicaset: Any, multiplexed: bool
 ) -> None:
     servers = tarantool_replicaset
     stop = gevent.event.Event()
@@ -104,7 +105,7 @@ def test_switchover_under_load_every_reply_to_its_caller_and_writes_on_the_new_m
             reads[0] += 1
             n += 1
 
-    with make_rs(servers, max_connections=5) as rs:
+    with make_rs(servers, max_connections=5, multiplexed=multiplexed) as rs:
         greenlets = [gevent.spawn(writer, w) for w in range(1, 21)] + [gevent.spawn(reader, w) for w in range(20)]
         wait_until(lambda: len(acked) >= 200 or bool(errors))
         servers.switchover(1)
@@ -123,6 +124,10 @@ def test_switchover_under_load_every_reply_to_its_caller_and_writes_on_the_new_m
         count = conn.eval("local n = 0 for _ in box.space.tester:pairs() do n = n + 1 end return n")[0]
         assert count == len(acked)
         assert reads[0] > 0
+        if multiplexed:  # the helpers went through the multiplexers, not the pools
+            instances = rs.get_stats()["instances"].values()
+            assert sum(s["mux_requests"] for s in instances) >= len(acked) + reads[0]
+            assert all(s["pool_size"] == 0 for s in instances)
 
 
 def test_a_write_waits_for_a_master_within_its_timeout(tarantool_replicaset: Any) -> None:
