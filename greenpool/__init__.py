@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from greenpool.redis import GeventPool
     from greenpool.redis_cluster import redis_cluster
     from greenpool.redis_mux import RedisMuxPool
-    from greenpool.redis_sentinel import GeventSentinelPool
+    from greenpool.redis_sentinel import GeventSentinelMuxPool, GeventSentinelPool
     from greenpool.tarantool import TarantoolPool
     from greenpool.tarantool_mux import TarantoolMux
     from greenpool.tarantool_replicaset import TarantoolReplicaSet
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConnectTimeout",
     "GeventPool",
+    "GeventSentinelMuxPool",
     "GeventSentinelPool",
     "Pool",
     "PoolClosed",
@@ -61,6 +62,7 @@ _LAZY = {
     "TarantoolReplicaSet": "greenpool.tarantool_replicaset",
     "GeventSentinelPool": "greenpool.redis_sentinel",
     "redis_cluster": "greenpool.redis_cluster",
+    "GeventSentinelMuxPool": "greenpool.redis_sentinel",
 }
 
 

@@ -31,8 +31,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from gevent import sleep
 from gevent.event import AsyncResult
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.sentinel import (
+    DEMOTED_MASTER_UNBLOCKED_ERROR,
     MasterNotFoundError,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
@@ -42,8 +43,9 @@ from redis.sentinel import (
 from greenpool import _green
 from greenpool._validate import check_seconds
 from greenpool.redis import GeventPool
+from greenpool.redis_mux import RedisMuxPool, _MuxConnection
 
-__all__ = ["GeventSentinelPool", "SentinelDiscovery"]
+__all__ = ["GeventSentinelMuxPool", "GeventSentinelPool", "SentinelDiscovery"]
 
 Address = Tuple[Any, Any]
 
@@ -212,6 +214,14 @@ class _Redirected:
             self.connection_pool.invalidate(address)
             raise
 
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
+        # redis-py reconnects a dropped connection here directly when a command is sent on it again (a client
+        # retry after "The previous master is now a slave"), bypassing SentinelManagedConnection.connect():
+        # without this, the retry would go back to the demoted master's address.
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
@@ -285,10 +295,11 @@ class GeventSentinelPool(GeventPool):
         if connection_class is None:
             connection_class = GreenSentinelSSLConnection if kwargs.pop("ssl", False) else GreenSentinelConnection
         role = "master" if self.is_master else "replica"
-        super().__init__(
-            max_connections, timeout, connection_class, name=name or f"redis sentinel {service_name} ({role})", **kwargs
-        )
-        self.connection_kwargs["connection_pool"] = _Proxy(self, self.is_master, self.check_connection)
+        # The connections find the discovery through ``connection_pool`` (redis-py's name for it), given to the
+        # base class so that a connection made while it initialises (the multiplexer's template) has it too.
+        kwargs["connection_pool"] = _Proxy(self, self.is_master, self.check_connection)
+        name = name or f"redis sentinel {service_name} ({role})"
+        super().__init__(max_connections, timeout, connection_class, name=name, **kwargs)
 
     def _next_replica(self) -> int:
         self._replica_turn += 1
@@ -354,6 +365,73 @@ class GeventSentinelPool(GeventPool):
     def __repr__(self) -> str:
         role = "master" if self.is_master else "replica"
         return f"<{type(self).__name__} service={self.service_name!r} ({role}) {self._pool!r}>"
+
+
+class _SentinelMuxConnection(_MuxConnection):
+    """A multiplexer checkout whose shared socket may point at a demoted master: a ``READONLY`` (or other
+    replica-only) reply drops the cached answer, closes the shared sockets (the commands in flight on them fail
+    with ``ConnectionError``, which redis-py's client retries) and raises ``ConnectionError`` itself."""
+
+    __slots__ = ()
+
+    def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
+        mux: Any = self._mux
+        try:
+            return super().read_response(disable_decoding, **kwargs)
+        except ReadOnlyError as exc:
+            mux._demoted()
+            raise RedisConnectionError("The previous master is now a slave") from exc
+        except ResponseError as exc:
+            if not str(exc).startswith((*_REPLICA_REPLIES, DEMOTED_MASTER_UNBLOCKED_ERROR)):
+                raise
+            mux._demoted()
+            raise RedisConnectionError("The previous master is now a slave") from exc
+
+
+# ---------------------------------------------------------------------- the one place that maps new names to today's
+def _mux_arguments(shared_connections: int, max_in_flight: int) -> Dict[str, Any]:
+    """The multiplexer's settings in the names :class:`greenpool.RedisMuxPool` takes today."""
+    return {"connections": shared_connections, "max_in_flight": max_in_flight}
+
+
+class GeventSentinelMuxPool(GeventSentinelPool, RedisMuxPool):
+    """:class:`GeventSentinelPool` with the multiplexer: plain commands share ``shared_connections`` (default 1)
+    auto-pipelined sockets to the master (at most ``max_in_flight`` in flight), as :class:`greenpool.RedisMuxPool`
+    does; the rest take a dedicated connection from the fair pool. Pass it to ``master_for`` as
+    ``connection_pool_class``.
+
+    The shared sockets connect to the address the sentinels name (the same shared discovery); when the
+    sentinels name a new master they are closed (their commands in flight fail with ``ConnectionError``, which
+    redis-py's client retries per its ``retry``), and a ``READONLY`` reply on them starts a new discovery.
+    """
+
+    def __init__(
+        self,
+        service_name: str,
+        sentinel_manager: Any,
+        *args: Any,
+        shared_connections: int = 1,
+        max_in_flight: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.update(_mux_arguments(shared_connections, max_in_flight))
+        super().__init__(service_name, sentinel_manager, *args, **kwargs)
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        """Return a checkout proxy at once (never blocks), as :meth:`greenpool.RedisMuxPool.get_connection`."""
+        if self.is_master:
+            self.discovery.refresh_master_soon()
+        return _SentinelMuxConnection(self)
+
+    def _stale(self, connection: Any) -> bool:
+        if isinstance(connection, _MuxConnection):
+            return False  # the shared sockets are closed when the master changes
+        return super()._stale(connection)
+
+    def _demoted(self) -> None:
+        """A shared socket's server answered as a replica: forget it and close the shared sockets."""
+        self.discovery.invalidate(self.discovery.known_master)
+        self.disconnect(inuse_connections=False)
 
 
 def _on_master_change(ref: Any, address: Address) -> None:

@@ -33,7 +33,7 @@ COMMANDS = ("replicaset", "sentinel", "cluster")
 
 CONTENDERS: Dict[str, Tuple[str, ...]] = {
     "replicaset": ("greenpool", "greenpool-mux", "tarantool-pool"),
-    "sentinel": ("greenpool", "redis-py"),
+    "sentinel": ("greenpool", "greenpool-mux", "redis-py"),
     "cluster": ("greenpool", "greenpool-mux", "redis-py"),
 }
 
@@ -255,12 +255,12 @@ def _run_sentinel(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
         sentinel = Sentinel(servers.sentinel_addresses, sentinel_kwargs={"socket_timeout": 1.0})
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 10)
         kwargs: Dict[str, Any] = {"socket_timeout": 5.0, "retry": retry}
-        if contender == "greenpool":
-            from greenpool import GeventSentinelPool
+        if contender.startswith("greenpool"):
+            from greenpool import GeventSentinelMuxPool, GeventSentinelPool
 
             client = sentinel.master_for(
                 "mymaster",
-                connection_pool_class=GeventSentinelPool,
+                connection_pool_class=GeventSentinelMuxPool if contender == "greenpool-mux" else GeventSentinelPool,
                 max_connections=args.max_connections,
                 timeout=args.timeout,
                 **kwargs,
@@ -274,7 +274,7 @@ def _run_sentinel(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
             key, value = f"k{w}", f"{w}:{n}"
             client.set(key, value)
             # Acknowledged once a replica has it too, as users who care about failovers write.
-            if client.execute_command("WAIT", 1, 100) >= 1:
+            if client.execute_command("WAIT", 1, 10) >= 1:
                 rec.acked[key] = n
             if client.echo(value) != value.encode():
                 rec.wrong += 1

@@ -19,7 +19,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 import greenpool
-from greenpool.redis_sentinel import GeventSentinelPool, SentinelDiscovery
+from greenpool.redis_sentinel import GeventSentinelMuxPool, GeventSentinelPool, SentinelDiscovery
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -56,8 +56,9 @@ def test_master_for_and_slave_for_take_the_pool_class(redis_sentinel_set: Any) -
         sentinel.close()
 
 
+@pytest.mark.parametrize("pool_class", [GeventSentinelPool, GeventSentinelMuxPool], ids=["pool", "mux"])
 def test_sentinel_failover_under_load_no_errors_and_no_connection_left_on_the_old_master(
-    redis_sentinel_set: Any,
+    redis_sentinel_set: Any, pool_class: Any
 ) -> None:
     servers = redis_sentinel_set
     old = (servers.master.host, servers.master.port)
@@ -77,7 +78,7 @@ def test_sentinel_failover_under_load_no_errors_and_no_connection_left_on_the_ol
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), 20)
     client = sentinel.master_for(
         "mymaster",
-        connection_pool_class=GeventSentinelPool,
+        connection_pool_class=pool_class,
         max_connections=10,
         timeout=10,
         retry=retry,
@@ -118,6 +119,8 @@ def test_sentinel_failover_under_load_no_errors_and_no_connection_left_on_the_ol
         assert in_flight[1] == 1  # one discovery at a time
         for conn in pool._pool.idle_connections():
             assert not conn.is_connected or (conn.host, conn.port) == tuple(new)
+        if pool_class is GeventSentinelMuxPool:  # the plain commands went over the shared sockets
+            assert pool.get_stats()["mux_requests"] > len(acked)
         check = redis.Redis(*new, decode_responses=True)
         try:
             keys = list(acked)
