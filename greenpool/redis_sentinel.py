@@ -15,8 +15,9 @@ What it adds to redis-py's ``SentinelConnectionPool``:
 - **No connection to an old master is kept.** While the pool is used, the master's address is asked again in
   the background once it is older than ``discovery_ttl`` (a ``SENTINEL FAILOVER`` leaves the old master
   writable for seconds, until the sentinels turn it into a replica); when the sentinels name a new master,
-  idle connections are closed; a connection that still points at another address is closed when it is
-  released or checked out; ``READONLY`` replies, "UNBLOCKED" errors and ``WAIT``'s "cannot be used with
+  idle connections are closed, and so are those in use on the old master (a failover pauses its writes);
+  a connection that still points at another address is closed when it is released or checked out;
+  ``READONLY`` replies, "UNBLOCKED" errors and ``WAIT``'s "cannot be used with
   replica instances" (a demoted master) close the connection, drop the cached answer, and raise
   ``ConnectionError`` (redis-py's client retries it per its ``retry`` policy).
 
@@ -301,6 +302,17 @@ class GeventSentinelPool(GeventPool):
         name = name or f"redis sentinel {service_name} ({role})"
         super().__init__(max_connections, timeout, connection_class, name=name, **kwargs)
 
+    _watcher: Any = None
+
+    def _watch(self) -> None:
+        """Ask again where the master is when the answer is older than ``discovery_ttl`` (never blocks), and keep
+        a greenlet doing so while connections are in use or awaited: a failover pauses writes on the old master,
+        and a pool whose every connection waits there makes no checkout that would notice the new one."""
+        self.discovery.refresh_master_soon()
+        watcher = self._watcher
+        if watcher is None or watcher.dead:
+            self._watcher = _green.spawn(_watch_master, weakref.ref(self), max(self.discovery.ttl, 0.05))
+
     def _next_replica(self) -> int:
         self._replica_turn += 1
         return self._replica_turn
@@ -329,9 +341,9 @@ class GeventSentinelPool(GeventPool):
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         """Check a connection out (see :meth:`GeventPool.get_connection`); one that points at an old master is
         disconnected first and so reconnects to the current one (asking the sentinels if need be)."""
-        connection = super().get_connection()
         if self.is_master:
-            self.discovery.refresh_master_soon()
+            self._watch()
+        connection = super().get_connection()
         if self._stale(connection):
             try:
                 connection.disconnect()
@@ -420,7 +432,7 @@ class GeventSentinelMuxPool(GeventSentinelPool, RedisMuxPool):
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         """Return a checkout proxy at once (never blocks), as :meth:`greenpool.RedisMuxPool.get_connection`."""
         if self.is_master:
-            self.discovery.refresh_master_soon()
+            self._watch()
         return _SentinelMuxConnection(self)
 
     def _stale(self, connection: Any) -> bool:
@@ -434,8 +446,32 @@ class GeventSentinelMuxPool(GeventSentinelPool, RedisMuxPool):
         self.disconnect(inuse_connections=False)
 
 
+def _watch_master(ref: Any, period: float) -> None:
+    """While the pool lives and is busy (connections in use or awaited), refresh the master's address every
+    ``period`` seconds; end once it has been idle for a period (the next checkout starts it again)."""
+    while True:
+        sleep(period)
+        pool = ref()
+        if pool is None:
+            return
+        core = pool._pool
+        if not (core.in_use or core.waiting):
+            pool._watcher = None
+            return
+        pool.discovery.refresh_master_soon()
+        del pool, core
+
+
 def _on_master_change(ref: Any, address: Address) -> None:
-    """The sentinels named a new master: close the idle connections (they point at the old one)."""
+    """The sentinels named a new master: close the idle connections (they point at the old one), and those in
+    use that point elsewhere. A failover pauses writes on the old master (``CLIENT PAUSE WRITE``), so a command
+    in flight there would otherwise hold its connection until ``socket_timeout`` while the pool's other
+    callers wait; closed, it fails with ``ConnectionError`` at once, which redis-py's client retries (per its
+    ``retry``) on the new master."""
     pool = ref()
-    if pool is not None:
-        pool.disconnect(inuse_connections=False)
+    if pool is None:
+        return
+    pool.disconnect(inuse_connections=False)
+    for connection in pool._pool.in_use_connections():
+        if connection.host is not None and (connection.host, connection.port) != tuple(address):
+            connection.disconnect()

@@ -66,6 +66,13 @@ def add_commands(commands: Any) -> None:
         )
         if name == "sentinel":
             sub.add_argument("--fault", choices=("failover", "kill"), default="failover", help="default failover")
+            sub.add_argument(
+                "--wait-ms",
+                type=int,
+                default=10,
+                help="each write is followed by WAIT 1 <ms> and counts as acknowledged when a replica has it "
+                "(default 10; 0: no WAIT, a write the master acknowledged counts)",
+            )
         sub.add_argument("--json", metavar="FILE", help="write every figure here")
         sub.add_argument(
             "--check", action="store_true", help="exit 1 unless greenpool had 0 errors after recovery and 0 wrong"
@@ -273,8 +280,9 @@ def _run_sentinel(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
         def op(w: int, n: int, rec: Recorder) -> None:
             key, value = f"k{w}", f"{w}:{n}"
             client.set(key, value)
-            # Acknowledged once a replica has it too, as users who care about failovers write.
-            if client.execute_command("WAIT", 1, 10) >= 1:
+            # Acknowledged once a replica has it too, as users who care about failovers write (--wait-ms 0:
+            # acknowledged by the master alone).
+            if not args.wait_ms or client.execute_command("WAIT", 1, args.wait_ms) >= 1:
                 rec.acked[key] = n
             if client.echo(value) != value.encode():
                 rec.wrong += 1
