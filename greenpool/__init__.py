@@ -23,15 +23,20 @@ from greenpool.pool import Pool, PooledConnection
 
 if TYPE_CHECKING:
     from greenpool.redis import GeventPool
+    from greenpool.redis_cluster import redis_cluster
     from greenpool.redis_mux import RedisMuxPool
+    from greenpool.redis_sentinel import GeventSentinelMuxPool, GeventSentinelPool
     from greenpool.tarantool import TarantoolPool
     from greenpool.tarantool_mux import TarantoolMux
+    from greenpool.tarantool_replicaset import TarantoolReplicaSet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConnectTimeout",
     "GeventPool",
+    "GeventSentinelMuxPool",
+    "GeventSentinelPool",
     "Pool",
     "PoolClosed",
     "PoolError",
@@ -40,11 +45,13 @@ __all__ = [
     "RedisMuxPool",
     "TarantoolMux",
     "TarantoolPool",
+    "TarantoolReplicaSet",
     "TooManyWaiting",
     "UnknownConnection",
     "WrongThread",
     "deadline",
     "remaining",
+    "redis_cluster",
 ]
 
 _LAZY = {
@@ -52,6 +59,10 @@ _LAZY = {
     "RedisMuxPool": "greenpool.redis_mux",
     "TarantoolPool": "greenpool.tarantool",
     "TarantoolMux": "greenpool.tarantool_mux",
+    "TarantoolReplicaSet": "greenpool.tarantool_replicaset",
+    "GeventSentinelPool": "greenpool.redis_sentinel",
+    "redis_cluster": "greenpool.redis_cluster",
+    "GeventSentinelMuxPool": "greenpool.redis_sentinel",
 }
 
 #: The extra that installs the client library each lazily imported module needs.

@@ -32,6 +32,7 @@ __all__ = [
 #: Commands that need a connection of their own: they change or depend on per-connection state, or block.
 DEDICATED_COMMANDS: FrozenSet[str] = frozenset(
     {
+        "ASKING",  # applies to the next command on its connection: both must take the same (dedicated) one
         "AUTH",
         "BLMOVE",
         "BLMPOP",

@@ -34,7 +34,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import overload, report, session
+from . import failover, overload, report, session
 from .contenders import (
     REDIS_CONTENDERS,
     REDIS_OPS,
@@ -728,3 +728,15 @@ register("redis", Command(_build_redis, _prepare_compare, _compare))
 register("tarantool", Command(_build_tarantool, _prepare_compare, _compare))
 register("tune", Command(_build_tune, _prepare_tune, _run_tune))
 register("overload", Command(_build_overload, _prepare_overload, overload.run))
+
+
+def _no_preparation(sub: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The failover scenarios check their own arguments when they run."""
+
+
+def _failover_builder(name: str) -> Callable[[Any], argparse.ArgumentParser]:
+    return lambda commands: failover.add_command(commands, name)
+
+
+for _name in failover.COMMANDS:
+    register(_name, Command(_failover_builder(_name), _no_preparation, failover.run))

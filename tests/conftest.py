@@ -103,3 +103,36 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         lost = "-" if row.get("lost_writes") is None else str(row["lost_writes"])
         wait = "-" if row.get("max_wait_s") is None else f"{row['max_wait_s']:.3f}"
         write(f"{row['scenario']:<23} {row['backend']:<13} {row['passed']:<7} {recovery:>10} {lost:>11} {wait:>10}")
+
+
+# ---------------------------------------------------------------------- several servers (stress/topologies.py)
+
+
+@pytest.fixture
+def tarantool_replicaset() -> Iterator[object]:
+    """A private 3-instance Tarantool replica set (member 0 the master), for one test (tests switch roles)."""
+    from stress.topologies import TarantoolReplicaSetServers
+
+    servers = TarantoolReplicaSetServers(3)
+    with servers:
+        yield servers
+
+
+@pytest.fixture
+def redis_sentinel_set() -> Iterator[object]:
+    """A private Redis master, 1 replica and 3 sentinels (service ``mymaster``), for one test (tests fail over)."""
+    from stress.topologies import RedisSentinelServers
+
+    servers = RedisSentinelServers(replicas=1, sentinels=3)
+    with servers:
+        yield servers
+
+
+@pytest.fixture
+def redis_cluster_servers() -> Iterator[object]:
+    """A private Redis Cluster, 3 masters and 3 replicas, for one test (tests migrate slots, kill masters)."""
+    from stress.topologies import RedisClusterServers
+
+    servers = RedisClusterServers(masters=3, replicas=1)
+    with servers:
+        yield servers

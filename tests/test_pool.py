@@ -483,7 +483,7 @@ def test_max_lifetime_has_jitter() -> None:
         pool.release(c)
 
 
-def test_max_idle_reaps_down_to_min_size() -> None:
+def test_max_idle_reaps_down_to_min_connections() -> None:
     pool = make_pool(max_connections=4, min_connections=1, max_idle=0.1)
     conns = [pool.acquire() for _ in range(4)]
     for c in conns:
@@ -493,7 +493,7 @@ def test_max_idle_reaps_down_to_min_size() -> None:
     assert sum(c.closed for c in conns) == 3
 
 
-def test_min_size_is_prewarmed_and_kept() -> None:
+def test_min_connections_are_prewarmed_and_kept() -> None:
     pool = make_pool(max_connections=4, min_connections=2)
     pool.prewarm()
     assert pool.size == 2 and pool.idle == 2
