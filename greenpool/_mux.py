@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import warnings
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
@@ -48,7 +47,6 @@ __all__ = [
     "connect_shared",
     "either_argument",
     "mux_stats",
-    "renamed_argument",
     "reset_totals",
     "resume",
     "resume_all",
@@ -509,20 +507,8 @@ def reset_totals(shared: MuxShared, sockets: List[MuxIO]) -> None:
         sock.connects = sock.reads = sock.writes = sock.bytes_in = sock.bytes_out = 0
 
 
-#: An argument that was not given (for :func:`renamed_argument` and :func:`either_argument`).
+#: An argument that was not given (for :func:`either_argument`).
 UNSET: Any = object()
-
-
-def renamed_argument(new: str, value: Any, old: str, old_value: Any, default: Any) -> Any:
-    """Return the value of argument ``new``, which was called ``old`` before (``UNSET``: not given).
-
-    ``old`` alone works with a ``DeprecationWarning``; both with different values raise ``TypeError``."""
-    if old_value is UNSET:
-        return default if value is UNSET else value
-    warnings.warn(f"{old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=3)
-    if value is not UNSET and value != old_value:
-        raise TypeError(f"{new}={value!r} and {old}={old_value!r} disagree; give {new} alone")
-    return old_value
 
 
 def either_argument(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> Any:

@@ -40,7 +40,6 @@ from greenpool._mux import (
     RawSocket,
     connect_shared,
     mux_stats,
-    renamed_argument,
     reset_totals,
     resume_all,
 )
@@ -54,7 +53,7 @@ from greenpool._redis_checkout import (
     Waiter,
     fail_waiters,
 )
-from greenpool._validate import check_int
+from greenpool._validate import check_int, deprecated_name
 from greenpool.redis import _URL_EXTRAS, GeventPool, RedisConnectTimeout
 
 try:
@@ -252,9 +251,7 @@ class RedisMuxPool(GeventPool):
         connections: Any = None,
         **kwargs: Any,
     ) -> None:
-        if connections is not None:
-            given = shared_connections if shared_connections != 1 else connections
-            shared_connections = renamed_argument("shared_connections", given, "connections", connections, 1)
+        shared_connections = deprecated_name("connections", "shared_connections", connections, shared_connections, 1)
         self._shared_connections = check_int(
             "shared_connections", shared_connections, minimum=1, maximum=MAX_SHARED_CONNECTIONS
         )

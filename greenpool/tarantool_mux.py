@@ -39,7 +39,6 @@ from greenpool._mux import (
     connect_shared,
     either_argument,
     mux_stats,
-    renamed_argument,
     reset_totals,
     resume,
 )
@@ -60,7 +59,7 @@ from greenpool._tarantool_conn import (
 )
 from greenpool._tarantool_requests import MuxResponse, MuxResponseExecute, RequestMethods
 from greenpool._tarantool_url import MUX_IGNORED_OPTIONS, mux_options, parse_url
-from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds
+from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds, deprecated_name
 
 try:
     from tarantool.msgpack_ext.packer import default as _ext_default
@@ -167,9 +166,7 @@ class TarantoolMux(RequestMethods):
                 f"transport={transport!r} is not supported by TarantoolMux (it speaks plain IPROTO; TLS is "
                 "Tarantool Enterprise's): use greenpool.TarantoolPool with tarantool-python's transport='ssl'"
             )
-        if connections is not None:
-            given = shared_connections if shared_connections != 1 else connections
-            shared_connections = renamed_argument("shared_connections", given, "connections", connections, 1)
+        shared_connections = deprecated_name("connections", "shared_connections", connections, shared_connections, 1)
         self.host = host
         self.port = port
         self.user = user

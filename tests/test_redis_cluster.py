@@ -6,7 +6,6 @@ the combined stats.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, List
 
 import gevent
@@ -26,15 +25,12 @@ from greenpool.redis_cluster import (
     cluster_stats,
     redis_cluster,
 )
+from tests import helpers
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Yield to other greenlets until ``predicate()`` holds (fails the test after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        gevent.sleep(0.01)
+    """:func:`tests.helpers.wait_until`, with this file's longer default (fail-overs take seconds)."""
+    helpers.wait_until(predicate, timeout)
 
 
 @pytest.mark.parametrize("multiplexed", [False, True], ids=["gevent", "mux"])

@@ -220,7 +220,7 @@ def test_the_old_connections_argument_still_works_with_a_deprecation_warning(red
     with pytest.warns(DeprecationWarning, match="'connections' is deprecated, use 'shared_connections'"):
         mux = make_pool(redis_server, connections=2)
     assert mux.shared_connections == 2 and mux.get_stats()["mux_shared_connections"] == 2
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="shared_connections=3 and connections=2"):
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="shared_connections=3, connections=2"):
         make_pool(redis_server, shared_connections=3, connections=2)
     url = f"redis://{redis_server.host}:{redis_server.port}?connections=3"
     with pytest.warns(DeprecationWarning, match="'connections' is deprecated"):

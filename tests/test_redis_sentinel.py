@@ -7,7 +7,6 @@ on a fake sentinel manager.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, List
 
 import gevent
@@ -20,15 +19,12 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 
 import greenpool
 from greenpool.redis_sentinel import GeventSentinelMuxPool, GeventSentinelPool, SentinelDiscovery
+from tests import helpers
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Yield to other greenlets until ``predicate()`` holds (fails the test after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        gevent.sleep(0.01)
+    """:func:`tests.helpers.wait_until`, with this file's longer default (fail-overs take seconds)."""
+    helpers.wait_until(predicate, timeout)
 
 
 def sentinel_for(servers: Any) -> Sentinel:

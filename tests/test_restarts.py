@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from greenpool import GeventPool, RedisMuxPool, TarantoolMux, TarantoolPool
-from tests.test_tarantool import wait_until
+from tests.helpers import wait_until
 
 CONNECTIONS = 10
 

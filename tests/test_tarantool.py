@@ -45,15 +45,6 @@ def make_pool(server: Any, **kw: Any) -> TarantoolPool:
     return TarantoolPool(server.host, server.port, user=server.user, password=server.password, **kw)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Yield to other greenlets until ``predicate()`` holds (fails the test after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        gevent.sleep(0.005)
-
-
 def delete_range(server: Any, lo: int, hi: int) -> int:
     """Delete the tuples with ``lo <= id < hi`` (a test's own range); return how many there were."""
     conn = tarantool.Connection(server.host, server.port, user=server.user, password=server.password)

@@ -14,7 +14,7 @@ import random
 import socket
 import time
 from itertools import count
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import gevent
 import pytest
@@ -26,17 +26,11 @@ from tarantool.response import Response, ResponseExecute
 from greenpool.errors import PoolClosed, WrongThread
 from greenpool.tarantool_mux import MuxClosed, MuxConnectionError, MuxError, MuxTimeout, TarantoolMux
 from stress.servers import free_port
+from tests.helpers import wait_until
 from tests.proxy import Proxy
 
 # Keys of this file's tuples in the shared `tester` space (other test files use other ranges).
 _keys = count(71_000_000)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` (yielding to other greenlets) until it holds; fail after ``timeout`` seconds."""
-    with gevent.Timeout(timeout, AssertionError(f"condition not reached within {timeout} s")):
-        while not predicate():
-            gevent.sleep(0.005)
 
 
 def make_mux(server: Any, via: Any = None, **kwargs: Any) -> TarantoolMux:
@@ -491,7 +485,7 @@ def test_the_old_connections_argument_still_works_with_a_deprecation_warning(tar
     with pytest.warns(DeprecationWarning, match="'connections' is deprecated, use 'shared_connections'"):
         mux = TarantoolMux(s.host, s.port, connections=2)
     assert mux.shared_connections == 2 and mux.get_stats()["mux_shared_connections"] == 2
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="shared_connections=3 and connections=2"):
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="shared_connections=3, connections=2"):
         TarantoolMux(s.host, s.port, shared_connections=3, connections=2)
     with pytest.warns(DeprecationWarning):
         assert TarantoolMux.from_url(f"tarantool://{s.host}?connections=4").shared_connections == 4

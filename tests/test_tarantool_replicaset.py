@@ -7,7 +7,7 @@ master, ``ER_READONLY`` retried and network errors not, argument checks and secr
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import gevent
 import gevent.event
@@ -18,6 +18,7 @@ from tarantool.error import NetworkError, PoolTopologyError
 import greenpool
 from greenpool.tarantool import TarantoolPoolTimeout
 from greenpool.tarantool_replicaset import MASTER, REPLICA, NoInstanceAvailable, TarantoolReplicaSet
+from tests.helpers import wait_until
 
 INSTANCE_ID = "return box.info.id"
 
@@ -26,15 +27,6 @@ def make_rs(servers: Any, **kw: Any) -> TarantoolReplicaSet:
     kw.setdefault("timeout", 10.0)
     kw.setdefault("refresh_interval", 0.2)
     return TarantoolReplicaSet(servers.addresses, servers.user, servers.password, **kw)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Yield to other greenlets until ``predicate()`` holds (fails the test after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        gevent.sleep(0.005)
 
 
 def instance_id(servers: Any, index: int) -> int:

@@ -19,7 +19,8 @@ import tarantool
 from tarantool.const import ITERATOR_GE
 
 from greenpool import PoolTimeout
-from tests.test_tarantool import delete_range, make_pool, wait_until
+from tests.helpers import wait_until
+from tests.test_tarantool import delete_range, make_pool
 
 SELECT_RANGE = """
 local lo, hi = ...

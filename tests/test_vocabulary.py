@@ -20,6 +20,7 @@ from redis.connection import Connection
 
 import greenpool
 from greenpool import GeventPool, Pool, TarantoolPool
+from tests.test_redis import server_kwargs
 
 
 class Conn:
@@ -29,18 +30,9 @@ class Conn:
         self.closed = True
 
 
-def redis_kwargs(server: Any) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = {"host": server.host, "port": server.port}
-    if getattr(server, "password", None):
-        kwargs["password"] = server.password
-    if getattr(server, "user", None):
-        kwargs["username"] = server.user
-    return kwargs
-
-
 @pytest.fixture
 def gevent_pool(redis_server: Any) -> Iterator[GeventPool]:
-    pool = GeventPool(max_connections=2, timeout=5, **redis_kwargs(redis_server))
+    pool = GeventPool(max_connections=2, timeout=5, **server_kwargs(redis_server))
     yield pool
     pool.disconnect()
 
@@ -217,7 +209,7 @@ class DelegatingConnection:
 
 @pytest.mark.parametrize("pool_class", [redis.BlockingConnectionPool, GeventPool])
 def test_a_connection_class_without_is_connected_works_as_in_redis_py(redis_server: Any, pool_class: type) -> None:
-    pool = pool_class(connection_class=DelegatingConnection, max_connections=2, **redis_kwargs(redis_server))
+    pool = pool_class(connection_class=DelegatingConnection, max_connections=2, **server_kwargs(redis_server))
     client = redis.Redis(connection_pool=pool)
     try:
         assert client.ping() is True
@@ -229,7 +221,7 @@ def test_a_connection_class_without_is_connected_works_as_in_redis_py(redis_serv
 
 def test_close_disconnects_checked_out_connections_too_as_redis_py_does(redis_server: Any) -> None:
     for pool_class in (redis.BlockingConnectionPool, GeventPool):
-        pool = pool_class(max_connections=2, **redis_kwargs(redis_server))
+        pool = pool_class(max_connections=2, **server_kwargs(redis_server))
         idle = pool.get_connection()
         held = pool.get_connection()
         pool.release(idle)
