@@ -33,6 +33,13 @@ import threading
 import weakref
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
+import redis
+
+if int(redis.__version__.split(".")[0]) < 8:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"greenpool.redis_cluster needs redis-py 8 or newer (found {redis.__version__}): pip install 'redis>=8'"
+    )
+
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import MaxConnectionsError
 

@@ -29,12 +29,18 @@ from __future__ import annotations
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+import redis
 from gevent import sleep
 from gevent.event import AsyncResult
+
+if int(redis.__version__.split(".")[0]) < 8:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"greenpool.redis_sentinel needs redis-py 8 or newer (found {redis.__version__}): pip install 'redis>=8'"
+    )
+
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.sentinel import (
-    DEMOTED_MASTER_UNBLOCKED_ERROR,
     MasterNotFoundError,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
@@ -48,6 +54,9 @@ from greenpool.redis import GeventPool
 from greenpool.redis_mux import RedisMuxPool
 
 __all__ = ["GeventSentinelMuxPool", "GeventSentinelPool", "SentinelDiscovery"]
+
+#: What a demoted master answers a blocked client (redis-py 8 names it; earlier versions do not).
+DEMOTED_MASTER_UNBLOCKED_ERROR = "UNBLOCKED force unblock from blocking operation, instance state changed"
 
 Address = Tuple[Any, Any]
 
