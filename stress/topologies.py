@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from .servers import RedisServer, TarantoolServer, free_port
 
@@ -53,6 +53,16 @@ def _start_all(servers: Sequence[Any], timeout: float) -> None:
         for server in servers:
             server.close()
         raise
+
+
+def _poll(done: Callable[[], Any], timeout: float, interval: float, failure: str) -> None:
+    """Block (sleeping ``interval`` between looks) until ``done()`` is true; raise ``RuntimeError(failure ...)``
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{failure} within {timeout} s")
+        time.sleep(interval)
 
 
 class _Launchable:
@@ -272,11 +282,7 @@ class RedisSentinelServers:
 
     def wait_settled(self, timeout: float = 30.0) -> None:
         """Block until every sentinel sees every replica and sentinel (at most ``timeout`` s)."""
-        deadline = time.monotonic() + timeout
-        while not self._settled():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the sentinels did not settle within {timeout} s")
-            time.sleep(0.05)
+        _poll(self._settled, timeout, 0.05, "the sentinels did not settle")
 
     def start(self) -> RedisSentinelServers:
         _start_all([self.master, *self.replicas], 15.0)
@@ -292,11 +298,7 @@ class RedisSentinelServers:
         """Run ``SENTINEL FAILOVER`` and block until the sentinels name a new master; return its address."""
         old = self.master_address()
         _redis_command("127.0.0.1", self.sentinels[0].port, "SENTINEL", "FAILOVER", self.service)
-        deadline = time.monotonic() + timeout
-        while self.master_address() == old:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no new master within {timeout} s")
-            time.sleep(0.02)
+        _poll(lambda: self.master_address() != old, timeout, 0.02, "no new master")
         return self.master_address()
 
     def server_at(self, address: Any) -> Any:
@@ -398,11 +400,7 @@ class RedisClusterServers:
 
     def wait_settled(self, timeout: float = 30.0) -> None:
         """Block until every live node says ``cluster_state:ok`` and its replicas are in sync (at most ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while not self._settled():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not settle within {timeout} s")
-            time.sleep(0.05)
+        _poll(self._settled, timeout, 0.05, "the cluster did not settle")
 
     def start(self) -> RedisClusterServers:
         import shutil
