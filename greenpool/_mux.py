@@ -393,16 +393,23 @@ class MuxShared:
         """Give permits to the oldest deferred requests while there is room, and hand each to its socket (in
         the hub or a greenlet; never blocks)."""
         deferred = self.deferred
+        sock: Any = None  # the socket the requests admitted since the last pushed() went to
+        admitted = 0
         while deferred:
             request = deferred[0]
             n = request.n
             if self.in_flight and self.in_flight + n > self.max_in_flight:
-                return
+                break
             deferred.popleft()
-            sock = request.sock
+            if request.sock is not sock:
+                if admitted:
+                    sock.pushed(admitted)
+                sock, admitted = request.sock, 0
             if sock.admit(request):
                 self.in_flight += n
-                sock.pushed(n)
+                admitted += n
+        if admitted:  # one pushed() per run of requests for one socket: they go out together
+            sock.pushed(admitted)
 
     def waiting_since(self, seq: int) -> bool:
         """Whether the request numbered ``seq`` (still waiting for something) waits for a permit rather than for

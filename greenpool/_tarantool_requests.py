@@ -161,7 +161,7 @@ class RequestMethods:
         return self._store(ip.REPLACE, space_name, values)
 
     def _store(self, code: int, space_name: Any, values: Any) -> Any:
-        if values.__class__ is not list:
+        if values.__class__ is not list and values.__class__ is not tuple:
             ip.check_values("values", values)
         # ip.store_body, inlined on the hot path.
         if space_name.__class__ is int:

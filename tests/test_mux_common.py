@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
 import gevent
 import redis
 
 from greenpool import RedisMuxPool, TarantoolMux
+from greenpool._mux import DeferredRequest, MuxShared
 
 
 def test_both_multiplexers_report_the_same_mux_keys(redis_server: Any, tarantool_server: Any) -> None:
@@ -36,3 +37,41 @@ def test_default_names() -> None:
     assert TarantoolMux("127.0.0.1", 3302).name == "tarantool 127.0.0.1:3302"
     assert TarantoolMux(None, "/tmp/tnt.sock").name == "tarantool /tmp/tnt.sock"
     assert RedisMuxPool(host="127.0.0.1", port=6380, db=2).get_stats()["name"] == "redis 127.0.0.1:6380/2"
+
+
+class _FakeSocket:
+    """A shared socket that records what ``drain`` hands it; ``refuse`` holds the requests nobody waits for."""
+
+    def __init__(self, name: str, refuse: Any = ()) -> None:
+        self.name = name
+        self.refuse = set(refuse)
+        self.admitted: List[int] = []
+        self.pushes: List[int] = []
+
+    def admit(self, request: Any) -> bool:
+        if request.seq in self.refuse:
+            return False
+        self.admitted.append(request.seq)
+        return True
+
+    def pushed(self, n: int = 1) -> None:
+        self.pushes.append(n)
+
+
+def test_drain_gives_permits_oldest_first_and_pushes_once_per_run_of_one_socket() -> None:
+    a, b = _FakeSocket("a", refuse={3}), _FakeSocket("b")
+    shared = MuxShared(max_in_flight=6)
+    shared.in_flight = 1
+    plan = [(a, 1), (a, 1), (a, 1), (b, 2), (a, 1), (b, 1), (a, 1)]  # (socket, requests) in queue order
+    for seq, (sock, n) in enumerate(plan, start=1):
+        shared.deferred.append(DeferredRequest(sock, n, seq))  # type: ignore[arg-type]
+    shared.drain()
+    # Permits for 5 more: requests 1, 2 (a), 3 refused (nobody waits: no permit), 4 (b, 2 requests), 5 (a);
+    # request 6 (b) would make 7 > 6 and waits, and so does everything behind it.
+    assert a.admitted == [1, 2, 5] and b.admitted == [4]
+    assert a.pushes == [2, 1] and b.pushes == [2]
+    assert shared.in_flight == 6 and [r.seq for r in shared.deferred] == [6, 7]
+    shared.in_flight = 0  # every reply came
+    shared.drain()
+    assert b.admitted == [4, 6] and a.admitted == [1, 2, 5, 7] and not shared.deferred
+    assert b.pushes == [2, 1] and a.pushes == [2, 1, 1] and shared.in_flight == 2
