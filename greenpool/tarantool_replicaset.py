@@ -142,6 +142,7 @@ class _Instance:
         self.status = "unknown"
         self.marked_at = 0.0  # when a request last demoted it (a probe that started earlier is stale)
         self.probe_conn: Any = None
+        self.probe_generation = 0  # the fork generation (greenpool._green) the probe connection was made in
         self.role_changes = 0
         self.readonly_refusals = 0
         self.network_errors = 0
@@ -230,7 +231,8 @@ class TarantoolReplicaSet:
     Roles are probed by one dedicated connection per instance (``call('box.info')``: the user needs to be allowed
     to call it), outside the pools, so a busy pool never delays a probe. An instance is a master when it
     answers ``ro == false`` and ``status == "running"``, a replica when ``ro == true`` and running, unavailable
-    otherwise. Nothing connects before the first request (or :meth:`refresh`).
+    otherwise. Nothing connects before the first request (or :meth:`refresh`). After ``os.fork()`` the child
+    uses pools and probe connections of its own; the parent's are left to the parent.
 
     Modes: ``RW`` the master only, ``RO`` replicas only, ``ANY`` either, ``PREFER_RW`` the master or else a
     replica, ``PREFER_RO`` a replica or else the master. Helpers' defaults: writes (``insert``, ``replace``,
@@ -299,6 +301,11 @@ class TarantoolReplicaSet:
         probe_timeout = self.probe_timeout
 
         def probe(instance: _Instance) -> Tuple[str, str]:
+            generation = _green.fork_generation()
+            if instance.probe_conn is not None and instance.probe_generation != generation:
+                # Made before a fork, its socket is the parent's too: close this process's copy of it (the
+                # parent's stays open) and never read from it here, or the two would take each other's replies.
+                instance.close_probe()
             if instance.probe_conn is None:
                 conn = tarantool.Connection(
                     instance.host,
@@ -318,6 +325,7 @@ class TarantoolReplicaSet:
                     conn.close()
                     raise
                 instance.probe_conn = conn
+                instance.probe_generation = generation
             info = instance.probe_conn.call("box.info").data[0]
             status = str(info.get("status", "unknown"))
             if status != "running":

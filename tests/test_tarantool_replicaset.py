@@ -6,6 +6,8 @@ master, ``ER_READONLY`` retried and network errors not, argument checks and secr
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any, Dict, List
 
@@ -214,3 +216,39 @@ def test_the_harness_replicaset_scenario_runs_and_checks(tmp_path: Any) -> None:
     [run] = json.loads(out.read_text())["results"]["greenpool"]
     assert run["ok"] > 0 and run["wrong_replies"] == 0 and run["lost_acked"] == 0 and run["errors"] == 0
     assert set(run["connections_per_node"]) and run["acked"] == run["ok"]
+
+
+def test_a_forked_child_probes_on_connections_of_its_own(tarantool_replicaset: Any) -> None:
+    servers = tarantool_replicaset
+    session = "return box.session.id()"
+    with make_rs(servers) as rs:
+        assert rs.refresh() == dict(zip(servers.addresses, [MASTER, REPLICA, REPLICA]))
+        probes = [i.probe_conn for i in rs._instances]
+        parent_sessions = [conn.eval(session).data[0] for conn in probes]
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                os.close(read_fd)
+                report: Dict[str, Any] = {"roles": rs.refresh()}
+                report["sessions"] = [i.probe_conn.eval(session).data[0] for i in rs._instances]
+                report["master"] = rs.eval(INSTANCE_ID).data[0]
+                os.write(write_fd, json.dumps(report).encode())
+                code = 0
+            except BaseException as exc:
+                os.write(write_fd, json.dumps({"error": repr(exc)}).encode())
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read_fd, "rb") as pipe:
+            report = json.loads(pipe.read() or b"{}")
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+        assert report["roles"] == rs.roles() and report["master"] == instance_id(servers, 0)
+        # New probe connections in the child: on every instance, a session other than the parent's probe's.
+        assert all(child != parent for child, parent in zip(report["sessions"], parent_sessions)), report
+        # The parent's probe connections were left open and in step: the same sessions answer.
+        assert rs.refresh() == dict(zip(servers.addresses, [MASTER, REPLICA, REPLICA]))
+        assert [i.probe_conn for i in rs._instances] == probes
+        assert [conn.eval(session).data[0] for conn in probes] == parent_sessions
