@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
 
 from greenpool import _green
+from greenpool._deadline import remaining
 from greenpool._log import RateLimited
 from greenpool._validate import (
     check_callable,
@@ -364,10 +365,15 @@ class Pool(Generic[C]):
         if value is SHED:
             stats.requests_errors += 1
             self._stats.events.timeout(waited_ms / 1000.0, "deadline")
-            raise self.timeout_error(
-                f"No connection available. The caller's deadline would run out before its turn "
-                f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms); {self._state_text()}"
-            )
+            left = remaining()
+            if left:  # refused at once: the budget cannot cover the wait
+                why = (
+                    f"The caller's deadline ({left * 1000.0:.1f} ms left) would run out before its turn "
+                    f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms)"
+                )
+            else:  # skipped by a hand-off: the budget ran out while queued
+                why = f"The caller's deadline ran out while it waited ({waited_ms:.1f} ms)"
+            raise self.timeout_error(f"No connection available. {why}; {self._state_text()}")
         if value is EXPIRED:
             self._timed_out(waited_ms / 1000.0)
         return value
