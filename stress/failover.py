@@ -282,10 +282,16 @@ def _run_sentinel(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
 
         def op(w: int, n: int, rec: Recorder) -> None:
             key, value = f"k{w}", f"{w}:{n}"
-            client.set(key, value)
-            # Acknowledged once a replica has it too, as users who care about failovers write (--wait-ms 0:
-            # acknowledged by the master alone).
-            if not args.wait_ms or client.execute_command("WAIT", 1, args.wait_ms) >= 1:
+            if args.wait_ms:
+                # Acknowledged once a replica has it too, as users who care about failovers write. WAIT counts the
+                # writes of its own connection only, so it goes in one pipeline (one connection) with the SET.
+                pipe = client.pipeline(transaction=False)
+                pipe.set(key, value)
+                pipe.execute_command("WAIT", 1, args.wait_ms)
+                if pipe.execute()[1] >= 1:
+                    rec.acked[key] = n
+            else:  # --wait-ms 0: acknowledged by the master alone
+                client.set(key, value)
                 rec.acked[key] = n
             if client.echo(value) != value.encode():
                 rec.wrong += 1
