@@ -110,6 +110,8 @@ HISTOGRAMS: Tuple[HistogramFigure, ...] = (
                     "The time it took to make a new connection."),
     HistogramFigure("usage", "db.client.connection.use_time", "greenpool_connection_use_seconds",
                     "The time between checking a connection out and releasing it."),
+    HistogramFigure("reply", "greenpool.mux.reply_time", "greenpool_mux_reply_seconds",
+                    "Per send on a multiplexer's shared socket: the time until its replies had arrived."),
 )  # fmt: skip
 
 

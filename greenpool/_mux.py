@@ -31,6 +31,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 
 from greenpool import _green
+from greenpool.stats import Histogram, HistogramSnapshot
 
 __all__ = [
     "CONNECTING",
@@ -46,6 +47,7 @@ __all__ = [
     "RawSocket",
     "connect_shared",
     "either_argument",
+    "mux_histograms",
     "mux_stats",
     "reset_totals",
     "resume",
@@ -88,10 +90,12 @@ class MuxIO:
         "connects",
         "flush_pending",
         "generation",
+        "handed",
         "loop",
         "out",
         "read_watcher",
         "reads",
+        "sent_marks",
         "sock",
         "state",
         "tls",
@@ -111,6 +115,8 @@ class MuxIO:
         self.out: List[Any] = []
         self.unsent = 0  # requests in ``out``
         self.unanswered = 0  # requests handed to the socket whose reply has not been parsed yet
+        self.handed = 0  # requests handed to the socket since it connected
+        self.sent_marks: Deque[Any] = deque()  # (when, handed) per send whose replies have not all been parsed
         self.wview: Optional[memoryview] = None  # the rest of a send that did not fit into the socket buffer
         self.flush_pending = False
         self.read_watcher: Any = None
@@ -165,7 +171,8 @@ class MuxIO:
         self.state = DOWN
         self.wview = None
         self.out = []
-        self.unsent = self.unanswered = 0
+        self.unsent = self.unanswered = self.handed = 0
+        self.sent_marks.clear()
         self.flush_pending = False
 
     def send_failed(self, exc: OSError) -> None:
@@ -258,6 +265,19 @@ class MuxIO:
         self.flush_pending = False
         self.send()
 
+    def time_replies(self, hist: Histogram) -> None:
+        """Record in ``hist`` how long each send waited until as many replies as requests handed over by then had
+        been parsed (one value per send, not per request: a few operations per read callback). Never blocks."""
+        marks = self.sent_marks
+        if not marks:
+            return
+        parsed = self.handed - self.unanswered
+        if marks[0][1] > parsed:
+            return
+        now = _green.monotonic()
+        while marks and marks[0][1] <= parsed:
+            hist.record((now - marks.popleft()[0]) * 1000.0)
+
     def queue(self, data: List[Any], n: int) -> None:
         """Queue ``data``, ``n`` requests that hold their permits (sent as :meth:`pushed` decides)."""
         self.out.extend(data)
@@ -271,7 +291,9 @@ class MuxIO:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self.unanswered += self.unsent
+        self.handed += self.unsent
         self.unsent = 0
+        self.sent_marks.append((_green.monotonic(), self.handed))
         try:
             sent = self.sock.send(data)
         except self.would_block:
@@ -371,6 +393,7 @@ class MuxShared:
         "in_flight",
         "max_in_flight",
         "replies",
+        "reply_hist",
         "requests",
         "timeouts",
     )
@@ -382,6 +405,7 @@ class MuxShared:
         self.closed = False
         self.requests = self.replies = self.error_replies = self.dropped = self.failed = self.timeouts = 0
         self.connect_errors = self.dedicated_checkouts = 0
+        self.reply_hist = Histogram()  # per send: until its replies were parsed (MuxIO.time_replies)
 
     def has_room(self, n: int) -> bool:
         """Whether ``n`` requests may take their permits now (nothing waits before them and they fit; a batch
@@ -506,10 +530,17 @@ def mux_stats(shared: MuxShared, sockets: List[MuxIO]) -> Dict[str, int]:
     }
 
 
+def mux_histograms(shared: MuxShared) -> Dict[str, HistogramSnapshot]:
+    """The ``reply`` histogram both multiplexers report: per send, the milliseconds until as many replies as
+    requests sent by then had been parsed; cumulative until ``pop_stats()``. Never blocks."""
+    return {"reply": shared.reply_hist.snapshot()}
+
+
 def reset_totals(shared: MuxShared, sockets: List[MuxIO]) -> None:
     """Zero the totals :func:`mux_stats` reports (for ``pop_stats()``); the gauges stay. Never blocks."""
     shared.requests = shared.replies = shared.error_replies = shared.timeouts = shared.failed = 0
     shared.dropped = shared.connect_errors = shared.dedicated_checkouts = 0
+    shared.reply_hist = Histogram()
     for sock in sockets:
         sock.connects = sock.reads = sock.writes = sock.bytes_in = sock.bytes_out = 0
 

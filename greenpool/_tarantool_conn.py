@@ -206,6 +206,7 @@ class SharedSocket(MuxIO):
                 self.lost(0, f"protocol error: {reader.broken}")
                 resume_all(ready)
                 return
+            self.time_replies(shared.reply_hist)
             if shared.deferred:
                 shared.drain()  # the permits freed above go to the requests waiting for one, oldest first
             resume_all(ready)

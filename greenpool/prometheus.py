@@ -10,7 +10,8 @@ Install with ``pip install greenpool[prometheus]``.
   ``greenpool_connections_created_total``, ...);
 - cumulative histograms, in seconds: ``greenpool_checkout_wait_seconds``,
   ``greenpool_connection_create_seconds``, ``greenpool_connection_use_seconds`` (how long connections are
-  held).
+  held), and the multiplexers' ``greenpool_mux_reply_seconds`` (per send on a shared socket, until its replies
+  had arrived).
 
 Counters and histogram buckets add up across processes (``sum by (pool, le) (rate(..._bucket[5m]))`` over
 every gunicorn worker), unlike percentiles. The collector reads the pools when scraped (``get_stats()`` and

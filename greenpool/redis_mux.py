@@ -39,6 +39,7 @@ from greenpool._mux import (
     MuxShared,
     RawSocket,
     connect_shared,
+    mux_histograms,
     mux_stats,
     reset_totals,
     resume_all,
@@ -55,6 +56,7 @@ from greenpool._redis_checkout import (
 )
 from greenpool._validate import check_int, deprecated_name
 from greenpool.redis import _URL_EXTRAS, GeventPool, RedisConnectTimeout
+from greenpool.stats import HistogramSnapshot
 
 try:
     import hiredis
@@ -183,6 +185,7 @@ class _SharedSocket(MuxIO):
                     ready = []
                     if self.fifo is not fifo:
                         return
+        self.time_replies(shared.reply_hist)
         if shared.deferred:
             shared.drain()
         resume_all(ready)
@@ -427,6 +430,13 @@ class RedisMuxPool(GeventPool):
         stats["mux_dedicated_checkouts"] = self._shared.dedicated_checkouts
         reset_totals(self._shared, list(self._sockets))
         return stats
+
+    def get_histograms(self) -> Dict[str, HistogramSnapshot]:
+        """The fair pool's histograms (dedicated connections: ``wait``, ``connect``, ``usage``) and the shared
+        sockets' ``reply`` histogram (as :meth:`greenpool.TarantoolMux.get_histograms`). Never blocks."""
+        histograms = super().get_histograms()
+        histograms.update(mux_histograms(self._shared))
+        return histograms
 
 
 def _reader() -> Any:

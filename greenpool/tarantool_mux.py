@@ -38,6 +38,7 @@ from greenpool._mux import (
     UP,
     connect_shared,
     either_argument,
+    mux_histograms,
     mux_stats,
     reset_totals,
     resume,
@@ -60,6 +61,7 @@ from greenpool._tarantool_conn import (
 from greenpool._tarantool_requests import MuxResponse, MuxResponseExecute, RequestMethods
 from greenpool._tarantool_url import MUX_IGNORED_OPTIONS, mux_options, parse_url
 from greenpool._validate import check_address, check_credentials, check_int, check_name, check_seconds, deprecated_name
+from greenpool.stats import HistogramSnapshot
 
 try:
     from tarantool.msgpack_ext.packer import default as _ext_default
@@ -466,6 +468,14 @@ class TarantoolMux(RequestMethods):
         stats = self.get_stats()
         reset_totals(self._shared, list(self._sockets))
         return stats
+
+    def get_histograms(self) -> Dict[str, HistogramSnapshot]:
+        """Return the ``reply`` histogram (milliseconds): for each send on a shared socket, the time until as
+        many replies as requests sent by then had arrived (one value per send, so a busy socket's batches count
+        once each). Cumulative until :meth:`pop_stats`; in a fork's child it starts empty. Never blocks."""
+        if self._generation != _green.fork_generation():
+            self._after_fork()
+        return mux_histograms(self._shared)
 
     def __repr__(self) -> str:
         up = sum(sock.state == UP for sock in self._sockets)

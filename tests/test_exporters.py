@@ -95,6 +95,10 @@ def test_prometheus_collects_redis_mux_and_tarantool_pools(redis_server: Any, ta
         # The multiplexer's shared-socket figures come from its mux_* keys.
         assert samples[("greenpool_mux_requests_total", (("pool", "mux"),))] >= 2.0
         assert ("greenpool_mux_sockets_up", (("pool", "mux"),)) in samples
+        # Its reply times: one value per send on the shared socket (two PINGs one after the other: two sends).
+        assert samples[("greenpool_mux_reply_seconds_count", (("pool", "mux"),))] == 2.0
+        assert samples[("greenpool_mux_reply_seconds_sum", (("pool", "mux"),))] > 0.0
+        assert ("greenpool_mux_reply_seconds_count", (("pool", "cache"),)) not in samples
     finally:
         gevent_pool.disconnect()
         mux.disconnect()
