@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 __all__ = ["ServerMissing", "RedisServer", "TarantoolServer", "free_port", "TARANTOOL_INIT"]
 
@@ -53,11 +53,21 @@ class ServerMissing(RuntimeError):
     """The server binary is not installed."""
 
 
+#: Every port :func:`free_port` returned in this process: it never returns one twice.
+_HANDED_OUT: Set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, and that this process was not given before (a
+    topology picks all its ports before it starts its servers; the kernel may offer a port it gave a moment ago)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 that this process was not given before")
 
 
 def _binary(name: str) -> str:

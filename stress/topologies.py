@@ -345,6 +345,7 @@ class RedisClusterServers:
         if masters < 3:
             raise ValueError(f"a Redis Cluster needs at least 3 masters, got {masters!r}")
         self.replicas_per_master = replicas
+        self.node_timeout_ms = node_timeout_ms
         self.members = [ClusterMember(node_timeout_ms) for _ in range(masters * (replicas + 1))]
 
     @property
@@ -406,7 +407,16 @@ class RedisClusterServers:
         import shutil
         import subprocess
 
-        _start_all(self.members, 15.0)
+        for attempt in range(3):
+            try:
+                _start_all(self.members, 15.0)
+                break
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                # Another process took one of the ports between free_port() and the bind. Nothing refers to
+                # the members' ports before the cluster is created: start afresh on new ones.
+                self.members = [ClusterMember(self.node_timeout_ms) for _ in self.members]
         try:
             cli = shutil.which("redis-cli")
             if cli is None:

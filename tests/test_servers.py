@@ -63,3 +63,21 @@ def test_a_server_does_not_outlive_the_process_that_started_it() -> None:
             os.kill(pid, signal.SIGKILL)  # leave nothing behind, even when the test fails
         if directory:
             shutil.rmtree(directory.strip(), ignore_errors=True)
+
+
+def test_ports_are_never_handed_out_twice_and_a_cluster_moves_off_a_taken_port() -> None:
+    import socket
+
+    from stress.servers import free_port
+    from stress.topologies import RedisClusterServers
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    cluster = RedisClusterServers()
+    taken = cluster.members[0].port
+    with socket.socket() as squatter:  # another process takes a port between free_port() and the bind
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with cluster:
+            assert taken not in [port for _, port in cluster.startup_nodes]
+            assert len(cluster.masters()) == 3
