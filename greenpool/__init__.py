@@ -76,7 +76,10 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     try:
-        value = getattr(importlib.import_module(module), name)
+        imported = importlib.import_module(module)
+        # greenpool.redis_cluster is a module callable as its function: importing the module makes it the
+        # package's attribute anyway, so it is that attribute from the start.
+        value = imported if module == f"greenpool.{name}" else getattr(imported, name)
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         extra = _EXTRAS.get(missing)

@@ -29,7 +29,10 @@ Depends on ``greenpool.redis`` and ``greenpool.redis_mux`` and redis-py's ``redi
 
 from __future__ import annotations
 
+import inspect
+import sys
 import threading
+import types
 import weakref
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -341,3 +344,17 @@ def cluster_stats(cluster: RedisCluster) -> Dict[str, Any]:
             else:
                 total[key] = total.get(key, 0) + value
     return {"nodes": nodes, "total": total}
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`redis_cluster`. Importing ``greenpool.redis_cluster`` makes the module the
+    package's attribute of that name, so ``greenpool.redis_cluster`` and ``from greenpool import redis_cluster``
+    are this module whichever was imported first; calling it builds the client, and its other names
+    (``cluster_stats``, ``ClusterGeventPool``, ...) stay reachable through it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        return redis_cluster(*args, **kwargs)
+
+
+__signature__ = inspect.signature(redis_cluster)
+sys.modules[__name__].__class__ = _CallableModule

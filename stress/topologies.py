@@ -436,6 +436,26 @@ class RedisClusterServers:
     def kill(self, index: int) -> None:
         self.members[index].kill()
 
+    def reshard(self, source: int, target: int, slots: int) -> str:
+        """Move ``slots`` hash slots with their keys from master ``source`` to master ``target`` (member indexes)
+        with ``redis-cli --cluster reshard``, in a child process (so a busy event loop here does not slow it):
+        clients meet ``ASK`` and ``MOVED`` meanwhile. Blocks until it is done (at most 120 s); returns its output."""
+        import shutil
+        import subprocess
+
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed. Install it with: apt-get install -y redis-tools")
+        src, dst = self.members[source], self.members[target]
+        src_id = _redis_command(src.host, src.port, "CLUSTER", "MYID")
+        dst_id = _redis_command(dst.host, dst.port, "CLUSTER", "MYID")
+        command = [cli, "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", src_id]
+        command += ["--cluster-to", dst_id, "--cluster-slots", str(slots), "--cluster-yes"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster reshard failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
     def close(self) -> None:
         for member in self.members:
             member.close()

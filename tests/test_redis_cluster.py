@@ -213,3 +213,41 @@ def test_a_killed_master_under_load_errs_only_on_its_slots_and_its_slots_come_ba
     finally:
         stop.set()
         rc.close()
+
+
+def test_the_harness_slot_migration_scenario_runs_and_checks(tmp_path: Any) -> None:
+    import json
+
+    from stress.cli import main
+
+    out = tmp_path / "cluster.json"
+    argv = ["cluster", "--fault", "migrate", "--greenlets", "50", "--duration", "3", "--check", "--json", str(out)]
+    assert main([*argv, "--pools", "greenpool,greenpool-mux"]) == 0
+    for name, [run] in json.loads(out.read_text())["results"].items():
+        # Half of a master's slots moved under load: ASK and MOVED followed, nothing lost or misrouted.
+        assert run["slots_moved"] > 1000 and run["ok"] > 0, name
+        assert run["errors"] == run["wrong_replies"] == run["lost_acked"] == 0, (name, run)
+        assert run["acked"] == 50, name  # every greenlet's key, at its last acknowledged value
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import greenpool\nfirst = greenpool.redis_cluster\nimport greenpool.redis_cluster",
+        "import greenpool.redis_cluster",
+    ],
+    ids=["package-attribute-first", "module-first"],
+)
+def test_redis_cluster_is_callable_whichever_import_came_first(imports: str) -> None:
+    import subprocess
+    import sys
+
+    code = imports + (
+        "\nfrom greenpool import redis_cluster\nimport greenpool\n"
+        "assert redis_cluster is greenpool.redis_cluster and callable(redis_cluster)\n"
+        "assert greenpool.redis_cluster.cluster_stats and greenpool.redis_cluster.ClusterGeventPool\n"
+        "try:\n    redis_cluster()\nexcept TypeError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "startup_nodes or url" in out.stdout
