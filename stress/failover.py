@@ -68,6 +68,13 @@ def add_command(commands: Any, name: str) -> argparse.ArgumentParser:
     )
     if name == "sentinel":
         sub.add_argument("--fault", choices=("failover", "kill"), default="failover", help="default failover")
+        sub.add_argument(
+            "--wait-ms",
+            type=int,
+            default=10,
+            help="each write is followed by WAIT 1 <ms> and counts as acknowledged when a replica has it "
+            "(default 10; 0: no WAIT, a write the master acknowledged counts)",
+        )
     if name == "cluster":
         sub.add_argument(
             "--fault",
@@ -75,13 +82,6 @@ def add_command(commands: Any, name: str) -> argparse.ArgumentParser:
             default="kill",
             help="kill: kill -9 of a master (default); migrate: redis-cli --cluster reshard of half of a "
             "master's slots to another master, keys and all (ASK and MOVED under load)",
-        )
-        sub.add_argument(
-            "--wait-ms",
-            type=int,
-            default=10,
-            help="each write is followed by WAIT 1 <ms> and counts as acknowledged when a replica has it "
-            "(default 10; 0: no WAIT, a write the master acknowledged counts)",
         )
     sub.add_argument("--json", metavar="FILE", help="write every figure here")
     sub.add_argument(

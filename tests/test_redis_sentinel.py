@@ -191,11 +191,9 @@ def test_bad_arguments() -> None:
 def test_the_harness_sentinel_scenario_runs_and_checks(tmp_path: Any) -> None:
     import json
 
-    from stress.cli import main
-
     out = tmp_path / "sentinel.json"
     argv = ["sentinel", "--greenlets", "20", "--duration", "3", "--pools", "greenpool", "--check", "--json"]
-    assert main([*argv, str(out)]) == 0
+    helpers.run_harness([*argv, str(out)])
     [run] = json.loads(out.read_text())["results"]["greenpool"]
     assert run["ok"] > 0 and run["wrong_replies"] == 0 and run["errors"] == 0
     # Writes a replica confirmed (SET and WAIT on one connection), every one on the master the sentinels name.
