@@ -388,20 +388,25 @@ class RedisClusterServers:
         flagged = {n["address"] for n in self.nodes() if "master" in n["flags"] and "fail" not in n["flags"]}
         return [i for i, m in enumerate(self.members) if f"{m.host}:{m.port}" in flagged]
 
-    def _settled(self) -> bool:
+    def _settled(self, replicas: int) -> bool:
+        in_sync = 0
         for member in self.members:
             if member.proc is None or member.proc.poll() is not None:
                 continue
             if self._info(member).get("cluster_state") != "ok":
                 return False
             role = _redis_command(member.host, member.port, "ROLE")
-            if role[0] == "slave" and role[3] != "connected":
-                return False
-        return True
+            if role[0] == "slave":
+                if role[3] != "connected":
+                    return False
+                in_sync += 1
+        return in_sync >= replicas
 
-    def wait_settled(self, timeout: float = 30.0) -> None:
-        """Block until every live node says ``cluster_state:ok`` and its replicas are in sync (at most ``timeout``)."""
-        _poll(self._settled, timeout, 0.05, "the cluster did not settle")
+    def wait_settled(self, timeout: float = 30.0, replicas: int = 0) -> None:
+        """Block until every live node says ``cluster_state:ok``, every replica is in sync and at least
+        ``replicas`` members are replicas (a node assigned to replicate may still call itself a master for a
+        moment after ``redis-cli --cluster create``); at most ``timeout`` seconds."""
+        _poll(lambda: self._settled(replicas), timeout, 0.05, "the cluster did not settle")
 
     def start(self) -> RedisClusterServers:
         import shutil
@@ -427,7 +432,7 @@ class RedisClusterServers:
             out = subprocess.run(command, capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{out.stdout}\n{out.stderr}")
-            self.wait_settled()
+            self.wait_settled(replicas=len(self.members) - len(self.members) // (self.replicas_per_master + 1))
         except BaseException:
             self.close()
             raise
