@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 import gevent
 
@@ -29,3 +31,26 @@ def run_harness(argv: List[str], timeout: float = 300.0) -> None:
         [sys.executable, "-m", "stress", *argv], cwd=root, capture_output=True, text=True, timeout=timeout
     )
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+
+
+def in_forked_child(work: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """Fork; run ``work()`` in the child and return the dict it returned (as JSON, through a pipe). Fails with the
+    child's error (``{"error": ...}``) unless the child exited with 0. Blocks until the child exits."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, json.dumps(work()).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(write_fd, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_fd, "rb") as pipe:
+        report: Dict[str, Any] = json.loads(pipe.read() or b"{}")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+    return report

@@ -34,6 +34,7 @@ from greenpool.tarantool import (
     TarantoolPoolClosed,
     TarantoolPoolTimeout,
 )
+from tests.helpers import in_forked_child
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -519,30 +520,18 @@ def test_child_process_gets_its_own_pool_and_parent_connections_keep_working(tar
         parent_sessions = {a.eval(SESSION_ID).data[0], b.eval(SESSION_ID).data[0]}
     held = pool.acquire()  # checked out across the fork
     parent_sessions.add(held.eval(SESSION_ID).data[0])
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            os.close(read_fd)
-            report: dict = {"size": pool.size, "idle": pool.idle, "in_use": pool.in_use}
-            pool.release(held)  # the parent's: accepted and left alone
-            with pool.connection() as tnt:
-                report["session"] = tnt.eval(SESSION_ID).data[0]
-                report["is_parents"] = tnt is a or tnt is b or tnt is held
-            report["echo"] = pool.call("echo", "child").data
-            report["size_after"] = pool.size
-            os.write(write_fd, json.dumps(report).encode())
-            code = 0
-        except BaseException as exc:
-            os.write(write_fd, json.dumps({"error": repr(exc)}).encode())
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(read_fd, "rb") as pipe:
-        report = json.loads(pipe.read() or b"{}")
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+
+    def child() -> dict:
+        report: dict = {"size": pool.size, "idle": pool.idle, "in_use": pool.in_use}
+        pool.release(held)  # the parent's: accepted and left alone
+        with pool.connection() as tnt:
+            report["session"] = tnt.eval(SESSION_ID).data[0]
+            report["is_parents"] = tnt is a or tnt is b or tnt is held
+        report["echo"] = pool.call("echo", "child").data
+        report["size_after"] = pool.size
+        return report
+
+    report = in_forked_child(child)
     assert report["size"] == 0 and report["idle"] == 0 and report["in_use"] == 0
     assert report["session"] not in parent_sessions and not report["is_parents"]
     assert report["echo"] == ["child"] and report["size_after"] == 1

@@ -7,7 +7,6 @@ master, ``ER_READONLY`` retried and network errors not, argument checks and secr
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Dict, List
 
@@ -20,7 +19,7 @@ from tarantool.error import NetworkError, PoolTopologyError
 import greenpool
 from greenpool.tarantool import TarantoolPoolTimeout
 from greenpool.tarantool_replicaset import MASTER, REPLICA, NoInstanceAvailable, TarantoolReplicaSet
-from tests.helpers import wait_until
+from tests.helpers import in_forked_child, wait_until
 
 INSTANCE_ID = "return box.info.id"
 
@@ -206,7 +205,6 @@ def test_bad_arguments_name_the_argument_and_secrets_stay_hidden() -> None:
 
 
 def test_the_harness_replicaset_scenario_runs_and_checks(tmp_path: Any) -> None:
-    import json
 
     from stress.cli import main
 
@@ -225,26 +223,14 @@ def test_a_forked_child_probes_on_connections_of_its_own(tarantool_replicaset: A
         assert rs.refresh() == dict(zip(servers.addresses, [MASTER, REPLICA, REPLICA]))
         probes = [i.probe_conn for i in rs._instances]
         parent_sessions = [conn.eval(session).data[0] for conn in probes]
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 1
-            try:
-                os.close(read_fd)
-                report: Dict[str, Any] = {"roles": rs.refresh()}
-                report["sessions"] = [i.probe_conn.eval(session).data[0] for i in rs._instances]
-                report["master"] = rs.eval(INSTANCE_ID).data[0]
-                os.write(write_fd, json.dumps(report).encode())
-                code = 0
-            except BaseException as exc:
-                os.write(write_fd, json.dumps({"error": repr(exc)}).encode())
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        _, status = os.waitpid(pid, 0)
-        with os.fdopen(read_fd, "rb") as pipe:
-            report = json.loads(pipe.read() or b"{}")
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+
+        def child() -> Dict[str, Any]:
+            report: Dict[str, Any] = {"roles": rs.refresh()}
+            report["sessions"] = [i.probe_conn.eval(session).data[0] for i in rs._instances]
+            report["master"] = rs.eval(INSTANCE_ID).data[0]
+            return report
+
+        report = in_forked_child(child)
         assert report["roles"] == rs.roles() and report["master"] == instance_id(servers, 0)
         # New probe connections in the child: on every instance, a session other than the parent's probe's.
         assert all(child != parent for child, parent in zip(report["sessions"], parent_sessions)), report
