@@ -14,7 +14,7 @@ from typing import Any, Callable, Deque, Dict, Optional
 from greenpool import _green
 from greenpool._deadline import BUDGETS
 
-__all__ = ["EXPIRED", "POLICIES", "SHED", "WaitQueue", "Waiter"]
+__all__ = ["EXPIRED", "OVERLOADED", "POLICIES", "SHED", "WaitQueue", "Waiter"]
 
 #: The service policies a pool accepts as ``queue_policy``.
 POLICIES = ("adaptive", "fifo", "lifo")
@@ -39,6 +39,8 @@ class _Outcome:
 EXPIRED: Any = _Outcome("expired")
 #: Returned by :meth:`WaitQueue.wait` when the caller's deadline could not be met (refused, not timed out).
 SHED: Any = _Outcome("shed")
+#: Returned by :meth:`WaitQueue.wait` when the adaptive policy refused a newcomer at once (overload).
+OVERLOADED: Any = _Outcome("overloaded")
 
 #: The adaptive policy turns LIFO only once at least this many waiters gave up within its last two windows.
 _GIVE_UP_QUORUM = 8
@@ -49,6 +51,9 @@ _WINDOW = 0.1
 #: The adaptive policy turns LIFO when this share of those leaving the queue gave up (over its last two
 #: windows), and back to FIFO under half of it: LIFO makes the oldest waiters give up too, a few of them.
 _GIVE_UP_SHARE = 0.1
+#: In the adaptive policy's LIFO mode a newcomer is refused at once when the queue already holds this many
+#: seconds of work for the connections (waiters x recent hold time / max_connections).
+_OVERLOAD_QUEUE_S = 0.02
 
 
 class Waiter:
@@ -102,6 +107,12 @@ class WaitQueue:
       A long queue served in time (the 5000-greenlet closed loop) never turns LIFO. In LIFO mode a greenlet
       that released a connection within the last 20 ms (it is in the middle of a request) is served before
       newcomers, so that requests of several commands finish instead of each doing its first command only.
+      And in LIFO mode a newcomer (not in the middle of a request) is refused at once, with :data:`OVERLOADED`,
+      when the queue already holds more than 20 ms of work for the connections (waiters x recent hold time /
+      ``max_connections``). Its greenlet has not waited yet and is the cheapest to turn away: no switch, no
+      timer, no frames kept alive until its deadline fires (the long-lived doomed waiters of a plain LIFO queue
+      are what fills the collector's old generation and stalls the whole process under overload). A refusal
+      counts as a give-up, so the queue stays LIFO while it refuses.
 
     With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met is refused at once
     instead of holding its place: its remaining budget is shorter than half the expected wait (an average, so a
@@ -162,8 +173,9 @@ class WaitQueue:
         """Queue the current greenlet and block until it is handed a value or its time is up.
 
         Returns the value handed over (an entry or the slot marker; an exception value is raised),
-        :data:`EXPIRED` when ``timeout`` seconds passed first, or :data:`SHED` when the caller's deadline
-        cannot be met (at once, or when its budget ran out while queued). An
+        :data:`EXPIRED` when ``timeout`` seconds passed first, :data:`SHED` when the caller's deadline
+        cannot be met (at once, or when its budget ran out while queued), or :data:`OVERLOADED` (at once) when
+        the adaptive policy refuses a newcomer. An
         interruption (kill, outer ``gevent.Timeout``) propagates after the waiter left the queue; a value
         handed to it meanwhile goes back through ``refused``.
         """
@@ -179,6 +191,10 @@ class WaitQueue:
         if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
             self._first.append(waiter)
         else:
+            if self.lifo and self._adaptive and self.nwaiting * self.hold > _OVERLOAD_QUEUE_S * max_connections:
+                self.shed += 1
+                self._window[0] += 1
+                return OVERLOADED
             self._waiters.append(waiter)
         self.nwaiting += 1
         timer = None

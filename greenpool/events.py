@@ -21,8 +21,10 @@ event               arguments              when
                                            (``max_lifetime``) or ``"closed"`` (idle reaping, a smaller
                                            ``max_connections``, the pool closing)
 ``timeout``         ``waited, reason``     a checkout failed without a connection after ``waited``
-                                           seconds: ``"timeout"`` (its time ran out) or ``"deadline"``
-                                           (shed: its :func:`greenpool.deadline` could not be met)
+                                           seconds: ``"timeout"`` (its time ran out), ``"deadline"``
+                                           (shed: its :func:`greenpool.deadline` could not be met) or
+                                           ``"overload"`` (refused at once by the adaptive policy in
+                                           LIFO order: the queue held too much work)
 ``rejected``        ``waiting``            a checkout was refused at once: ``waiting`` greenlets
                                            already waited (``max_waiting``)
 ``queue_mode``      ``mode``               the adaptive queue policy switched to ``"lifo"`` or ``"fifo"``

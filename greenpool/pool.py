@@ -34,7 +34,7 @@ from greenpool._validate import (
     check_sizes,
     deprecated_name,
 )
-from greenpool._waitqueue import EXPIRED, POLICIES, SHED, WaitQueue
+from greenpool._waitqueue import EXPIRED, OVERLOADED, POLICIES, SHED, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.events import PoolEvents
 from greenpool.stats import USAGE_BATCH, Counters, HistogramSnapshot
@@ -293,7 +293,8 @@ class Pool(Generic[C]):
         was given (the adapters bound those: see their docstrings).
 
         Raises :class:`PoolTimeout` when the time runs out, or at once inside a :func:`greenpool.deadline`
-        whose budget cannot cover half the expected wait (or runs out while queued); :class:`TooManyWaiting`
+        whose budget cannot cover half the expected wait (or runs out while queued), or at once when the
+        ``adaptive`` policy, overloaded, refuses a newcomer (see ``greenpool._waitqueue``); :class:`TooManyWaiting`
         when ``max_waiting`` greenlets already wait, :class:`PoolClosed` after :meth:`close`,
         :class:`WrongThread` from a second thread, and whatever ``create()`` raises when a new connection
         cannot be made.
@@ -376,6 +377,14 @@ class Pool(Generic[C]):
             raise self.timeout_error(f"No connection available. {why}; {self._state_text()}")
         if value is EXPIRED:
             self._timed_out(waited_ms / 1000.0)
+        if value is OVERLOADED:
+            stats.requests_errors += 1
+            self._stats.events.timeout(0.0, "overload")
+            raise self.timeout_error(
+                "No connection available. Overloaded: waiters give up before their turn and the queue already "
+                f"holds {queue.nwaiting * queue.hold / self.max_connections * 1000.0:.1f} ms of work, so a newcomer is "
+                f"refused at once; {self._state_text()}"
+            )
         return value
 
     def _refused(self, value: Any) -> None:
@@ -395,7 +404,8 @@ class Pool(Generic[C]):
     def _timed_out(self, waited: float) -> None:
         self._stats.requests_timeouts += 1
         self._stats.requests_errors += 1
-        _timeout_log(self).log(logging.WARNING, "%s: checkout timed out after %.2f s", self._state_text(), waited)
+        log = _pool_log(self, "timeout")
+        log.log(logging.WARNING, "%s: checkout timed out after %.2f s", self._state_text(), waited)
         self._stats.events.timeout(waited, "timeout")
         raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
 
@@ -532,12 +542,17 @@ class Pool(Generic[C]):
 
     def _queue_switched(self, lifo: bool) -> None:
         """The adaptive queue policy switched order (called by the wait queue)."""
+        # Rate-limited: under a load near the pool's limit the policy may switch back and forth many times a second.
         if lifo:
-            logger.warning(
-                "%s: overloaded, waiters give up before their turn: serving the newest waiters first", self.name
+            _pool_log(self, "lifo").log(
+                logging.WARNING,
+                "%s: overloaded, waiters give up before their turn: serving the newest waiters first",
+                self.name,
             )
         else:
-            logger.info("%s: no longer overloaded: serving waiters first come, first served", self.name)
+            _pool_log(self, "fifo").log(
+                logging.INFO, "%s: no longer overloaded: serving waiters first come, first served", self.name
+            )
         self._stats.events.queue_mode(lifo)
 
     def _put_back(self, entry: _Entry, now: float) -> None:
@@ -860,14 +875,18 @@ def _report_leak(name: str, label: str, threshold: float, stack: str) -> None:
     )
 
 
-#: The rate limiter of each pool's checkout-timeout log records (kept apart: see ``Pool.__init__``).
-_TIMEOUT_LOGS: weakref.WeakKeyDictionary[Pool[Any], RateLimited] = weakref.WeakKeyDictionary()
+#: The rate limiters of each pool's log records that come in bursts (kept apart: see ``Pool.__init__``).
+_POOL_LOGS: weakref.WeakKeyDictionary[Pool[Any], Dict[str, RateLimited]] = weakref.WeakKeyDictionary()
 
 
-def _timeout_log(pool: Pool[Any]) -> RateLimited:
-    log = _TIMEOUT_LOGS.get(pool)
+def _pool_log(pool: Pool[Any], kind: str) -> RateLimited:
+    """The rate-limited log of ``pool``'s records of one ``kind`` (checkout timeouts, queue mode switches)."""
+    logs = _POOL_LOGS.get(pool)
+    if logs is None:
+        logs = _POOL_LOGS[pool] = {}
+    log = logs.get(kind)
     if log is None:
-        log = _TIMEOUT_LOGS[pool] = RateLimited(logger)
+        log = logs[kind] = RateLimited(logger)
     return log
 
 

@@ -380,10 +380,12 @@ class GeventPool(ConnectionPool):
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         """Check a connection out, connected and ready for a command.
 
-        Blocks, first come first served, for up to ``timeout`` seconds while every connection is in use, then,
-        when it makes a new connection, for up to the connect bound (``socket_connect_timeout``, see the class
-        docstring). Raises :class:`RedisPoolTimeout` when the wait runs out, :class:`RedisConnectTimeout` when
-        the connect does, :class:`RedisTooManyWaiting` when ``max_waiting`` greenlets already wait, and what
+        Blocks, in the order ``queue_policy`` sets (first come first served while the pool keeps up), for up to
+        ``timeout`` seconds while every connection is in use, then, when it makes a new connection, for up to
+        the connect bound (``socket_connect_timeout``, see the class docstring). Raises
+        :class:`RedisPoolTimeout` when the wait runs out (or at once, as :meth:`greenpool.Pool.acquire` says,
+        for a deadline that cannot be met or a newcomer refused under overload), :class:`RedisConnectTimeout`
+        when the connect does, :class:`RedisTooManyWaiting` when ``max_waiting`` greenlets already wait, and what
         connecting raises (``redis.exceptions.ConnectionError``, ``AuthenticationError``, ...); a connection
         that fails to connect is closed and its slot freed. An idle connection that was disconnected (by
         :meth:`disconnect`, or after an error) reconnects here within the same connect bound. The arguments

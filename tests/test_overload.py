@@ -130,6 +130,7 @@ def test_random_deadline_soak_never_mixes_replies_or_leaks(redis_server: Any, po
     assert sum(counts.values()) == 100 * 60  # every GET answered: a reply, its deadline, or the pool's error
     assert stats["in_use"] == 0 and stats["requests_waiting"] == 0 and stats["pool_handing_over"] == 0
     assert stats["pool_size"] <= 8
-    if how == "gevent.Timeout":
-        assert counts["pool"] == 0  # without greenpool.deadline the pool cannot know, so it never sheds
+    # Every pool error was a refusal (for a deadline, or of a newcomer while the queue was LIFO), none a timeout
+    # (a waiter refused as its deadline fired sees the deadline: the count of refusals may be higher).
+    assert counts["pool"] <= stats["requests_shed"] and stats["requests_timeouts"] == 0
     pool.disconnect()

@@ -7,6 +7,7 @@ up by being killed (as an outer ``gevent.Timeout`` would do), never by real time
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator, List
 
 import gevent
@@ -110,14 +111,15 @@ def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> No
     pool.release(conn)
 
 
-def make_overloaded(clock: Clock) -> Any:
-    """A pool of one connection held 10 ms per checkout, whose last ten waiters gave up (were interrupted)."""
+def make_overloaded(clock: Clock, hold: float = 0.0005) -> Any:
+    """A pool of one connection held ``hold`` seconds per checkout, whose last ten waiters gave up (were
+    interrupted). Once LIFO, it queues newcomers up to 20 ms of work: 40 waiters at the default hold."""
     pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
     conn = pool.acquire()
     served: List[int] = []
-    # Ten checkouts that hold the connection 10 ms each.
+    # Ten checkouts that hold the connection ``hold`` seconds each.
     waiters = queue_up(pool, 10, served)
-    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.01))
+    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, hold))
     # Ten waiters give up after 10 ms in the queue (their callers' deadlines fired).
     doomed = queue_up(pool, 10, served, start=100)
     clock.advance(0.01)
@@ -146,6 +148,54 @@ def test_adaptive_turns_lifo_when_waiters_give_up_and_back_when_the_queue_emptie
     assert stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 2
     assert stats["queue_lifo_s"] == pytest.approx(0.01)
     pool.release(conn)
+
+
+def test_lifo_refuses_a_newcomer_at_once_when_the_queue_holds_enough_work(clock: Clock) -> None:
+    pool, conn, served = make_overloaded(clock, hold=0.005)
+    served.clear()
+    gate = gevent.event.Event()
+    order: List[str] = []
+
+    def request() -> None:
+        # Holds the connection for its first command until the gate opens, then asks again for its second.
+        first = pool.acquire()
+        order.append("first")
+        gate.wait()
+        pool.release(first)
+        second = pool.acquire()
+        order.append("second")
+        pool.release(second)
+
+    g = gevent.spawn(request)
+    gevent.sleep(0)
+    pool.release(conn)  # held 10 ms: the hold average is 5.25 ms now
+    settle()
+    assert order == ["first"]
+    newcomers = queue_up(pool, 4, served, start=500)  # 3 waiting make 15.75 ms: the 4th is still let in
+    assert pool.get_stats()["queue_mode"] == "lifo"
+    size, shed = pool.size, pool.get_stats()["requests_shed"]
+    timeouts: List[Any] = []
+    greenpool.events.listen(pool, "timeout", lambda waited, reason: timeouts.append((waited, reason)))
+    with pytest.raises(PoolTimeout, match=r"Overloaded: .* holds 21.0 ms of work, so a newcomer is refused at once"):
+        pool.acquire()
+    assert pool.get_stats()["requests_shed"] == shed + 1 and timeouts == [(0.0, "overload")]
+    assert pool.size == size and pool.waiting == 4  # no slot taken, nobody queued
+    # The request releases its connection after 100 ms (to the newest newcomer): the queue now holds more
+    # than 20 ms of work, yet its second checkout queues, ahead of the newcomers (it is in the middle of a request).
+    clock.advance(0.1)
+    gate.set()
+    settle()
+    assert served == [503] and pool.waiting == 4
+    with pytest.raises(PoolTimeout, match="Overloaded"):
+        pool.acquire()  # a newcomer is refused
+    pool.release(newcomers[3].value)
+    settle()
+    assert order == ["first", "second"] and served == [503, 502]  # served first; it released to newcomer 502
+    g.join(5)
+    for w in newcomers[:2]:
+        w.kill()
+    pool.release(newcomers[2].value)
+    assert pool.size == 1 and pool.in_use == 0 and pool.waiting == 0
 
 
 def test_lifo_serves_a_greenlet_in_the_middle_of_a_request_before_newcomers(clock: Clock) -> None:
@@ -368,3 +418,16 @@ def test_a_waiter_that_times_out_says_so_even_when_another_was_shed_meanwhile(cl
     stats = pool.get_stats()
     assert stats["requests_shed"] == 1 and stats["requests_timeouts"] == 1
     pool.release(served.value)
+
+
+def test_queue_mode_switches_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, name="switchy")
+    caplog.set_level(logging.INFO, logger="greenpool.pool")
+    for _ in range(5):
+        pool._queue_switched(True)
+        pool._queue_switched(False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert warnings == ["switchy: overloaded, waiters give up before their turn: serving the newest waiters first"]
+    assert infos == ["switchy: no longer overloaded: serving waiters first come, first served"]
+    assert pool.get_stats()["queue_mode"] == "fifo"  # logging only: the queue itself never switched
