@@ -105,10 +105,11 @@ class _Tally:
         self.latencies: array[float] = array("d")
         self.start_lags: array[float] = array("d")
 
-    def error(self, kind: str, exc: Optional[BaseException] = None) -> None:
+    def error(self, kind: str, text: Optional[str] = None) -> None:
+        """Count a failure of ``kind``; ``text`` (``"Kind: message"``) becomes ``first_error`` if none was kept."""
         self.errors[kind] = self.errors.get(kind, 0) + 1
-        if exc is not None and self.first_error is None:
-            self.first_error = f"{kind}: {exc}"
+        if text is not None and self.first_error is None:
+            self.first_error = text
 
 
 def warm_up(client: Client, count: int) -> Optional[str]:
@@ -194,7 +195,7 @@ def open_loop(
         base = n * commands
         bad = 0
         failure: Optional[str] = None
-        error: Optional[BaseException] = None
+        text: Optional[str] = None
         try:
             with cm(deadline):
                 for j in range(commands):
@@ -206,7 +207,11 @@ def open_loop(
         except GreenletExit:
             failure = "killed"
         except Exception as exc:
-            failure, error = type(exc).__name__, exc
+            failure = type(exc).__name__
+            if tally.first_error is None:
+                # The text, not the exception: a local holding it would make a reference cycle through its
+                # traceback (this frame), garbage that only the collector frees, for every failed request.
+                text = f"{failure}: {exc}"
         finally:
             live.pop(n, None)
         if n < first:
@@ -216,7 +221,7 @@ def open_loop(
             tally.mismatched += 1
             tally.mismatches += bad
         if failure is not None:
-            tally.error(failure, error)
+            tally.error(failure, text)
             return
         latency = done - intended
         tally.latencies.append(latency)
@@ -403,7 +408,8 @@ def soak(
                 tally.error("killed")
                 raise
             except Exception as exc:
-                tally.error(type(exc).__name__, exc)
+                kind = type(exc).__name__
+                tally.error(kind, f"{kind}: {exc}" if tally.first_error is None else None)
                 gevent.sleep(0)  # a command that fails at once must not starve the other greenlets
                 continue
             if right:
