@@ -10,9 +10,9 @@ for database client connection pools where one exists:
   ``db.client.connection.timeouts``: read from ``get_stats()`` when the metrics are collected;
 - ``db.client.connection.create_time`` (seconds): recorded as each connection is made;
 - ``db.client.connection.wait_time`` and ``db.client.connection.use_time`` (seconds): recorded at each
-  checkout and release, only with ``histograms=True``. The OpenTelemetry SDK spends several microseconds
-  per recorded value, which at tens of thousands of checkouts a second is a visible share of a gevent
-  process's time; without them, the running totals ``greenpool.checkout.wait_time.total`` and
+  checkout and release, only with ``histograms=True``. The OpenTelemetry SDK's ``record()`` runs twice per
+  checkout then, which cut the seed scenario's throughput (5000 greenlets, 10 connections, PING) to 0.57x
+  in ``python -m stress.bench_obs``; without them, the running totals ``greenpool.checkout.wait_time.total`` and
   ``greenpool.connection.use_time.total`` (seconds) with ``greenpool.connection.returns`` give the averages
   at no cost per checkout, and the Prometheus collector (:mod:`greenpool.prometheus`) the buckets;
 - ``greenpool.*`` running totals (checkouts, errors, connections made, lost, closed, queue mode switches)

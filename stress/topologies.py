@@ -187,6 +187,24 @@ class TarantoolReplicaSetServers:
         self.close()
 
 
+def _redis_cli(action: str, *args: str, timeout: float) -> str:
+    """Run ``redis-cli --cluster ACTION ARGS... --cluster-yes`` in a child process; return its output.
+
+    Blocks until it exits, at most ``timeout`` seconds. Raises ``RuntimeError`` with the install command when
+    ``redis-cli`` is missing, and with its output when it fails."""
+    import shutil
+    import subprocess
+
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise RuntimeError("redis-cli is not installed. Install it with: apt-get install -y redis-tools")
+    command = [cli, "--cluster", action, *args, "--cluster-yes"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"redis-cli --cluster {action} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
 def _redis_command(host: str, port: int, *args: str, timeout: float = 5.0) -> Any:
     """Send one command to a Redis (or Sentinel) with redis-py and return its reply."""
     import redis
@@ -409,9 +427,6 @@ class RedisClusterServers:
         _poll(lambda: self._settled(replicas), timeout, 0.05, "the cluster did not settle")
 
     def start(self) -> RedisClusterServers:
-        import shutil
-        import subprocess
-
         for attempt in range(3):
             try:
                 _start_all(self.members, 15.0)
@@ -423,15 +438,8 @@ class RedisClusterServers:
                 # the members' ports before the cluster is created: start afresh on new ones.
                 self.members = [ClusterMember(self.node_timeout_ms) for _ in self.members]
         try:
-            cli = shutil.which("redis-cli")
-            if cli is None:
-                raise RuntimeError("redis-cli is not installed. Install it with: apt-get install -y redis-tools")
             addresses = [f"{m.host}:{m.port}" for m in self.members]
-            command = [cli, "--cluster", "create", *addresses]
-            command += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
-            out = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            if out.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed:\n{out.stdout}\n{out.stderr}")
+            _redis_cli("create", *addresses, "--cluster-replicas", str(self.replicas_per_master), timeout=60)
             self.wait_settled(replicas=len(self.members) - len(self.members) // (self.replicas_per_master + 1))
         except BaseException:
             self.close()
@@ -445,21 +453,15 @@ class RedisClusterServers:
         """Move ``slots`` hash slots with their keys from master ``source`` to master ``target`` (member indexes)
         with ``redis-cli --cluster reshard``, in a child process (so a busy event loop here does not slow it):
         clients meet ``ASK`` and ``MOVED`` meanwhile. Blocks until it is done (at most 120 s); returns its output."""
-        import shutil
-        import subprocess
-
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli is not installed. Install it with: apt-get install -y redis-tools")
         src, dst = self.members[source], self.members[target]
         src_id = _redis_command(src.host, src.port, "CLUSTER", "MYID")
         dst_id = _redis_command(dst.host, dst.port, "CLUSTER", "MYID")
-        command = [cli, "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", src_id]
-        command += ["--cluster-to", dst_id, "--cluster-slots", str(slots), "--cluster-yes"]
-        out = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster reshard failed:\n{out.stdout}\n{out.stderr}")
-        return out.stdout
+        return _redis_cli(
+            "reshard",
+            f"{src.host}:{src.port}",
+            *("--cluster-from", src_id, "--cluster-to", dst_id, "--cluster-slots", str(slots)),
+            timeout=120,
+        )
 
     def close(self) -> None:
         for member in self.members:
