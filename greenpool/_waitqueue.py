@@ -96,23 +96,24 @@ class WaitQueue:
       their share of the queue (the 5000-greenlet closed loop completes 100 % of its checkouts).
     - ``"lifo"``: the newest waiter first. Under overload the newest waiter has the most time left before its
       deadline; the oldest are the doomed ones.
-    - ``"adaptive"`` (the pools' default): FIFO while waiters are served in time, LIFO while they give up
-      before their turn. *Giving up* is a waiter's caller interrupting it while it is queued (its request's
-      ``gevent.Timeout`` or ``greenpool.deadline`` fired, or it was killed): a sign that it is served too late
-      to be of use. The pool's own checkout ``timeout`` is not: a waiter served just before it still gets its
-      work done, so FIFO loses nothing there and stays. The queue counts, in windows of 0.1 s, the waiters
-      handed a connection and those that gave up; it turns LIFO when, over the last two windows, at least 8
-      gave up and they were at least a tenth of those that left the queue, and back to FIFO once fewer than 8
-      or under a twentieth gave up (LIFO itself makes a few of the oldest give up), or when the queue empties.
-      A long queue served in time (the 5000-greenlet closed loop) never turns LIFO. In LIFO mode a greenlet
-      that released a connection within the last 20 ms (it is in the middle of a request) is served before
-      newcomers, so that requests of several commands finish instead of each doing its first command only.
-      And in LIFO mode a newcomer (not in the middle of a request) is refused at once, with :data:`OVERLOADED`,
-      when the queue already holds more than 20 ms of work for the connections (waiters x recent hold time /
-      ``max_connections``). Its greenlet has not waited yet and is the cheapest to turn away: no switch, no
-      timer, no frames kept alive until its deadline fires (the long-lived doomed waiters of a plain LIFO queue
-      are what fills the collector's old generation and stalls the whole process under overload). A refusal
-      counts as a give-up, so the queue stays LIFO while it refuses.
+    - ``"adaptive"`` (the pools' default): FIFO while waiters are served in time, LIFO while they give up before their
+      turn. *Giving up* is a waiter's caller interrupting it while it is queued (its request's ``gevent.Timeout`` or
+      ``greenpool.deadline`` fired, or it was killed): a sign that it is served too late to be of use. A waiter refused
+      for its ``greenpool.deadline`` (below) counts too: it is the same give-up, seen coming (without it, requests under
+      ``greenpool.deadline`` would hide the overload from the policy and keep the queue in FIFO order, the order that
+      collapses). The pool's own checkout ``timeout`` is not: a waiter served just before it still gets its work done,
+      so FIFO loses nothing there and stays. The queue counts, in windows of 0.1 s, the waiters handed a connection and
+      those that gave up; it turns LIFO when, over the last two windows, at least 8 gave up and they were at least a
+      tenth of those that left the queue, and back to FIFO once fewer than 8 or under a twentieth gave up (LIFO itself
+      makes a few of the oldest give up), or when the queue empties. A long queue served in time (the 5000-greenlet
+      closed loop) never turns LIFO. In LIFO mode a greenlet that released a connection within the last 20 ms (it is in
+      the middle of a request) is served before newcomers, so that requests of several commands finish instead of each
+      doing its first command only. And in LIFO mode a newcomer (not in the middle of a request) is refused at once,
+      with :data:`OVERLOADED`, when the queue already holds more than 20 ms of work for the connections (waiters x
+      recent hold time / ``max_connections``). Its greenlet has not waited yet and is the cheapest to turn away: no
+      switch, no timer, no frames kept alive until its deadline fires (the long-lived doomed waiters of a plain LIFO
+      queue are what fills the collector's old generation and stalls the whole process under overload). A refusal counts
+      as a give-up, so the queue stays LIFO while it refuses.
 
     With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met is refused at once
     instead of holding its place: its remaining budget is shorter than half the expected wait (an average, so a
@@ -186,6 +187,7 @@ class WaitQueue:
             self._adapt(now)
         if budget and 2.0 * (budget - now) < self.expected_wait(max_connections):
             self.shed += 1
+            self._window[0] += 1  # a give-up the deadline let us see coming
             return SHED
         waiter = Waiter(greenlet, budget)
         if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
@@ -271,6 +273,7 @@ class WaitQueue:
                 continue
             if waiter.budget and waiter.budget <= _green.monotonic():
                 self.shed += 1
+                self._window[0] += 1
                 waiter.value = SHED
                 self._leave(waiter)
                 self._ngone -= 1

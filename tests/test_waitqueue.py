@@ -288,6 +288,26 @@ def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> N
     assert pool.waiting == 0 and pool.in_use == 0 and pool.size == 1
 
 
+def test_checkouts_refused_for_their_deadline_count_as_give_ups(clock: Clock) -> None:
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
+    conn = pool.acquire()
+    served: List[int] = []
+    waiters = queue_up(pool, 3, served)
+    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.01))
+    ahead = queue_up(pool, 5, served, start=400)  # 50 ms to wait
+    for _ in range(8):
+        with deadline(0.02):
+            with pytest.raises(PoolTimeout, match="would run out before its turn"):
+                pool.acquire()
+    assert pool.get_stats()["queue_mode"] == "fifo"
+    late = queue_up(pool, 1, served, start=500)  # the next waiter to queue sees 8 give-ups of 11 leaving
+    assert pool.get_stats()["queue_mode"] == "lifo"
+    for g in [*late, *ahead]:
+        g.kill()
+    pool.release(conn)
+    assert pool.waiting == 0 and pool.in_use == 0 and pool.size == 1
+
+
 def test_hand_off_skips_a_waiter_whose_deadline_ran_out(clock: Clock) -> None:
     pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
     conn = pool.acquire()
