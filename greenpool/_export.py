@@ -52,7 +52,7 @@ FIGURES: Tuple[Figure, ...] = (
     _f("requests_rejected", True, "greenpool.checkout.rejected", "greenpool_checkouts_rejected", "{checkout}",
        "Checkouts refused at once because max_waiting greenlets already waited."),
     _f("requests_shed", True, "greenpool.checkout.shed", "greenpool_checkouts_shed", "{checkout}",
-       "Checkouts refused because their deadline could not be met."),
+       "Checkouts refused because their deadline could not be met, or at once under overload."),
     _f("connections_num", True, "greenpool.connections.created", "greenpool_connections_created",
        "{connection}", "Connections made."),
     _f("connections_errors", True, "greenpool.connections.errors", "greenpool_connection_errors",
