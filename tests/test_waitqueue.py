@@ -80,6 +80,17 @@ def serve_in_turn(pool: Pool[Conn], conn: Any, waiters: List[Any], served: List[
     return conn
 
 
+def served_in_turn(clock: Clock, checkouts: int, hold: float, **options: Any) -> Any:
+    """A pool of one connection (``options`` passed on) after ``checkouts`` waiters were served in turn, each
+    holding it ``hold`` seconds. Return ``(pool, conn, served)``: the connection is held by the last of them."""
+    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None, **options)
+    conn = pool.acquire()
+    served: List[int] = []
+    waiters = queue_up(pool, checkouts, served)
+    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, hold))
+    return pool, conn, served
+
+
 def test_bad_policy_names_the_argument() -> None:
     with pytest.raises(ValueError, match="queue_policy must be one of 'adaptive', 'fifo', 'lifo', got 'random'"):
         Pool(Conn, queue_policy="random")
@@ -100,11 +111,7 @@ def test_fixed_policies_serve_in_their_order(policy: str, order: List[int]) -> N
 
 
 def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
-    conn = pool.acquire()
-    served: List[int] = []
-    waiters = queue_up(pool, 200, served)
-    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.001))
+    pool, conn, served = served_in_turn(clock, 200, 0.001)
     assert served == list(range(200))
     stats = pool.get_stats()
     assert stats["queue_mode"] == "fifo" and stats["queue_mode_switches"] == 0
@@ -114,12 +121,7 @@ def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> No
 def make_overloaded(clock: Clock, hold: float = 0.0005) -> Any:
     """A pool of one connection held ``hold`` seconds per checkout, whose last ten waiters gave up (were
     interrupted). Once LIFO, it queues newcomers up to 20 ms of work: 40 waiters at the default hold."""
-    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
-    conn = pool.acquire()
-    served: List[int] = []
-    # Ten checkouts that hold the connection ``hold`` seconds each.
-    waiters = queue_up(pool, 10, served)
-    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, hold))
+    pool, conn, served = served_in_turn(clock, 10, hold)
     # Ten waiters give up after 10 ms in the queue (their callers' deadlines fired).
     doomed = queue_up(pool, 10, served, start=100)
     clock.advance(0.01)
@@ -266,11 +268,7 @@ def test_deadline_bad_input_names_the_argument() -> None:
 
 
 def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None, queue_policy="fifo")
-    conn = pool.acquire()
-    served: List[int] = []
-    waiters = queue_up(pool, 3, served)
-    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.01))  # three checkouts of 10 ms each
+    pool, conn, served = served_in_turn(clock, 3, 0.01, queue_policy="fifo")  # three checkouts of 10 ms each
     ahead = queue_up(pool, 5, served, start=400)  # 5 ahead, one connection freed every 10 ms: 50 ms to wait
     size = pool.size
     with deadline(0.02):
@@ -289,11 +287,7 @@ def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> N
 
 
 def test_checkouts_refused_for_their_deadline_count_as_give_ups(clock: Clock) -> None:
-    pool: Pool[Conn] = Pool(Conn, max_connections=1, timeout=None)
-    conn = pool.acquire()
-    served: List[int] = []
-    waiters = queue_up(pool, 3, served)
-    conn = serve_in_turn(pool, conn, waiters, served, hold=(clock, 0.01))
+    pool, conn, served = served_in_turn(clock, 3, 0.01)
     ahead = queue_up(pool, 5, served, start=400)  # 50 ms to wait
     for _ in range(8):
         with deadline(0.02):
