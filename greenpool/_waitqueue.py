@@ -193,7 +193,7 @@ class WaitQueue:
         if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
             self._first.append(waiter)
         else:
-            if self.lifo and self._adaptive and self.nwaiting * self.hold > _OVERLOAD_QUEUE_S * max_connections:
+            if self.lifo and self._adaptive and self.queued_work(max_connections) > _OVERLOAD_QUEUE_S:
                 self.shed += 1
                 self._window[0] += 1
                 return OVERLOADED
@@ -237,8 +237,13 @@ class WaitQueue:
         While every connection is busy one frees up every ``hold / max_connections`` seconds on average; in LIFO mode
         only the greenlets in the middle of a request are ahead of a newcomer. 0.0 until a use was measured.
         """
-        ahead = len(self._first) if self.lifo else self.nwaiting
-        return ahead * self.hold / max_connections
+        if self.lifo:
+            return len(self._first) * self.hold / max_connections
+        return self.queued_work(max_connections)
+
+    def queued_work(self, max_connections: int) -> float:
+        """Seconds of work the queue holds for the connections: every waiter's turn, at the recent hold time."""
+        return self.nwaiting * self.hold / max_connections
 
     def released(self, now: float) -> None:
         """The current greenlet released a connection at ``now``: in LIFO mode, it is in the middle of a request.

@@ -382,7 +382,7 @@ class Pool(Generic[C]):
             self._stats.events.timeout(0.0, "overload")
             raise self.timeout_error(
                 "No connection available. Overloaded: waiters give up before their turn and the queue already "
-                f"holds {queue.nwaiting * queue.hold / self.max_connections * 1000.0:.1f} ms of work, so a newcomer is "
+                f"holds {queue.queued_work(self.max_connections) * 1000.0:.1f} ms of work, so a newcomer is "
                 f"refused at once; {self._state_text()}"
             )
         return value
