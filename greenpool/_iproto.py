@@ -238,14 +238,12 @@ class ReplyReader:
         self._unpacker.feed(chunk)
 
     def take(self, limit: int) -> List[Reply]:
-        """Decode up to ``limit`` complete replies; fewer means the stream is consumed up to an incomplete reply
-        (the reader keeps it) or is broken (``broken`` says why)."""
+        """Decode up to ``limit`` complete replies; fewer: the reader keeps an incomplete one, or is ``broken``."""
         replies: List[Reply] = []
         if self.broken is not None:
             return replies
         append = replies.append
-        unpacker = self._unpacker
-        unpack, tell, fed = unpacker.unpack, unpacker.tell, self._fed
+        unpack, tell, fed = self._unpacker.unpack, self._unpacker.tell, self._fed
         end = self._end  # where the reply being read ends, once its length prefix has been read (else 0)
         while limit:
             if not end:
@@ -284,37 +282,36 @@ class ReplyReader:
                     limit -= 1
                     body = _FAILED
                 if body is _FAILED or tell() != end:  # a failed unpacker's state is unknown: start afresh
-                    self._restart(end)
-                    unpacker = self._unpacker
-                    unpack, tell, fed = unpacker.unpack, unpacker.tell, self._fed
+                    if not self._restart(end):
+                        break
+                    unpack, tell, fed = self._unpacker.unpack, self._unpacker.tell, self._fed
                     if body is _FAILED:
                         end = 0
                         continue
             end = 0
             code = get(REQUEST_TYPE, 0)
-            if not code:
-                append((get(SYNC, -1), 0, body))
-                limit -= 1
-            elif code != CHUNK:  # an out-of-band push is no reply
-                append((get(SYNC, -1), code, error_reply(code, body)))
+            if code != CHUNK:  # an out-of-band push is no reply
+                append((get(SYNC, -1), code, error_reply(code, body) if code else body))
                 limit -= 1
         self._end = end
         if limit:
             self._chunk = b""
         return replies
 
-    def _restart(self, end: int) -> None:
+    def _restart(self, end: int) -> bool:
         """Go on with a new unpacker from ``end`` (the state of one that failed is unknown). Everything after
-        ``end`` is in the last chunk: replies are decoded as soon as they are complete."""
+        ``end`` is in the last chunk: replies are decoded as soon as they are complete. False: the reader is
+        broken."""
         offset = end - self._base
         if offset < 0:  # pragma: no cover - take() was not called until it returned short before append()
             self.broken = "the reader lost its place"
-            return
+            return False
         rest = self._chunk[offset:]
         self._unpacker = new_unpacker()
         self._unpacker.feed(rest)
         self._base -= end
         self._fed = len(rest)
+        return True
 
 
 def check_values(name: str, value: Any) -> None:

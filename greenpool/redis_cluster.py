@@ -218,21 +218,27 @@ class ClusterMuxPool(RedisMuxPool):
         self._pool.timeout_error = ClusterPoolTimeout
 
 
-def _pool_settings(
+def _node_pool_class(
     multiplexed: bool,
     shared_connections: int,
     max_in_flight: int,
     connect_timeout: Optional[float],
     pool_kwargs: Dict[str, Any],
-) -> Dict[str, Any]:
-    """Settings baked into the node pool class."""
+    max_connections: int,
+    timeout: Optional[float],
+) -> Any:
+    """The node pool class, with the settings baked in; raises on a bad setting here, not on the first node
+    redis-py creates."""
     settings = dict(pool_kwargs)
     if connect_timeout is not None:
         settings["connect_timeout"] = connect_timeout
     if multiplexed:
         settings["shared_connections"] = shared_connections
         settings["max_in_flight"] = max_in_flight
-    return settings
+    base: Type[GeventPool] = ClusterMuxPool if multiplexed else ClusterGeventPool
+    pool_class: Any = type(base.__name__, (base,), {"_defaults": settings, "__module__": __name__})
+    pool_class(max_connections=max_connections, timeout=timeout).disconnect()
+    return pool_class
 
 
 def _node(value: Any) -> ClusterNode:
@@ -284,17 +290,15 @@ def redis_cluster(
     if "connection_pool_class" in cluster_kwargs:
         raise TypeError("redis_cluster() chooses the node pool class itself (multiplexed=True for RedisMuxPool)")
     check_int("max_connections", max_connections, minimum=1)  # per node: no "0 means redis-py's default" here
-    base: Type[GeventPool] = ClusterMuxPool if multiplexed else ClusterGeventPool
-    settings = _pool_settings(
+    pool_class = _node_pool_class(
         multiplexed,
         shared_connections,
         max_in_flight,
         connect_timeout,
         {"min_connections": min_connections, "check_after_idle": check_after_idle, **(pool_kwargs or {})},
+        max_connections,
+        timeout,
     )
-    pool_class: Any = type(base.__name__, (base,), {"_defaults": settings, "__module__": __name__})
-    # Fail on a bad setting here, not on the first node redis-py creates.
-    pool_class(max_connections=max_connections, timeout=timeout).disconnect()
     kwargs = dict(cluster_kwargs, connection_pool_class=pool_class, max_connections=max_connections, timeout=timeout)
     if url is not None:
         cluster = RedisCluster.from_url(url, **kwargs)
