@@ -188,13 +188,18 @@ def test_bad_arguments() -> None:
     assert greenpool.GeventSentinelPool is GeventSentinelPool
 
 
-def test_the_harness_sentinel_scenario_runs_and_checks(tmp_path: Any) -> None:
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_harness_sentinel_scenario_runs_and_checks(tmp_path: Any, replicas: int) -> None:
     import json
 
     out = tmp_path / "sentinel.json"
     argv = ["sentinel", "--greenlets", "20", "--duration", "3", "--pools", "greenpool", "--check", "--json"]
-    helpers.run_harness([*argv, str(out)])
+    helpers.run_harness([*argv, str(out), "--replicas", str(replicas)])
     [run] = json.loads(out.read_text())["results"]["greenpool"]
     assert run["ok"] > 0 and run["wrong_replies"] == 0 and run["errors"] == 0
-    # Writes a replica confirmed (SET and WAIT on one connection), every one on the master the sentinels name.
-    assert 0 < run["acked"] <= run["ok"] and run["lost_acked"] == 0
+    assert 0 < run["acked"] <= run["ok"]
+    if replicas == 1:
+        # Writes a replica confirmed (SET and WAIT on one connection), every one on the master the sentinels name.
+        # (With two, the other replica confirms writes on the old master until the sentinels move it: --check
+        # does not count those, and neither does this test.)
+        assert run["lost_acked"] == 0
