@@ -67,12 +67,13 @@ def add_command(commands: Any, name: str) -> argparse.ArgumentParser:
         help=f"contenders, comma-separated (default {','.join(CONTENDERS[name])})",
     )
     if name in ("sentinel", "cluster"):
+        wait_ms = 10 if name == "sentinel" else 0  # see the cluster's op for why not there
         sub.add_argument(
             "--wait-ms",
             type=int,
-            default=10,
+            default=wait_ms,
             help="each write is followed by WAIT 1 <ms> and counts as acknowledged when a replica has it "
-            "(default 10; 0: no WAIT, a write the master acknowledged counts)",
+            f"(default {wait_ms}; 0: no WAIT, a write the master acknowledged counts)",
         )
     if name == "sentinel":
         sub.add_argument("--fault", choices=("failover", "kill"), default="failover", help="default failover")
@@ -266,7 +267,8 @@ def _redis_connections(addresses: List[Tuple[str, int]]) -> Dict[str, int]:
 
 
 def _delta(before: Dict[str, int], after: Dict[str, int]) -> Dict[str, int]:
-    return {a: after[a] - before[a] for a in after if before.get(a, -1) >= 0 and after[a] >= 0}
+    """Connections each server accepted between two :func:`_redis_connections`, less the second's own."""
+    return {a: after[a] - before[a] - 1 for a in after if before.get(a, -1) >= 0 and after[a] >= 0}
 
 
 # ---------------------------------------------------------------------- sentinel
@@ -326,7 +328,7 @@ def _run_sentinel(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
             client.close()
             sentinel.close()
         out = _summary(rec, fault_at, args.duration)
-        out["connections_per_node"] = _delta(before, _redis_connections(nodes))
+        out["connections_per_node"] = _delta(before, _redis_connections(nodes))  # before the checks connect
         # Every acknowledged write must be on the master the sentinels name now (a later write may have
         # overwritten it: each greenlet writes its own key in order).
         check = redis.Redis(*servers.master_address(), socket_timeout=5)
@@ -380,7 +382,10 @@ def _run_cluster(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
             try:
                 # As for Sentinel; the pipeline sends both on one connection to the key's node. A SET that meets ASK
                 # or MOVED runs elsewhere than its WAIT: harmless in a migration, which loses no write, and after a
-                # kill a stale route leads to the dead node, which confirms nothing.
+                # kill a stale route leads to the dead node, which confirms nothing. But when redis-py retries the
+                # pipeline (after the kill) it sends the keyless WAIT to every master: the retry holds a connection
+                # on each while the promoted replica, which has no replica, runs WAIT to its timeout. Hence the
+                # default --wait-ms 0 here.
                 if args.wait_ms:
                     pipe = client.pipeline(transaction=False)
                     pipe.set(key, value)
@@ -411,18 +416,18 @@ def _run_cluster(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
             rec, fault_at = _drive(args.greenlets, args.duration, op, fault)
         finally:
             client.close()
+        live = [a for i, a in enumerate(servers.startup_nodes) if i != victim or args.fault != "kill"]
         out = _summary(rec, fault_at, args.duration)
+        out["connections_per_node"] = _delta(before, _redis_connections(live))  # before the checks connect
         # Every acknowledged write must be where the cluster now says its key is (without WAIT a kill -9 may lose
         # the writes its replica had not received yet: Redis Cluster replicates asynchronously).
         out["acked"] = len(rec.acked)
         servers.wait_settled()  # a slow box may end the run before the killed master's replica took over
-        live = [a for i, a in enumerate(servers.startup_nodes) if i != victim or args.fault != "kill"]
         out["lost_acked"] = _lost_in_cluster(*live[0], rec.acked)
         if args.fault == "migrate":
             out["slots_moved"] = moved[0]
         out["errors_other_slots"] = len(other_errors)
         out["victim_slots_last_error_s"] = round(max(victim_errors) - fault_at, 3) if victim_errors else None
-        out["connections_per_node"] = _delta({k: v for k, v in before.items()}, _redis_connections(live))
         return out
 
 
