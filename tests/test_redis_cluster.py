@@ -225,7 +225,7 @@ def test_the_harness_slot_migration_scenario_runs_and_checks(tmp_path: Any) -> N
         # Half of a master's slots moved under load: ASK and MOVED followed, nothing lost or misrouted.
         assert run["slots_moved"] > 1000 and run["ok"] > 0, name
         assert run["errors"] == run["wrong_replies"] == run["lost_acked"] == 0, (name, run)
-        assert run["acked"] == 50, name  # every greenlet's key, at its last acknowledged value
+        assert run["acked"] >= 50, name  # each greenlet's writes, every one read back with its value
 
 
 def test_the_harness_master_kill_scenario_runs_and_checks(tmp_path: Any) -> None:
@@ -235,8 +235,9 @@ def test_the_harness_master_kill_scenario_runs_and_checks(tmp_path: Any) -> None
     argv = ["cluster", "--greenlets", "50", "--duration", "4", "--check", "--json", str(out)]
     helpers.run_harness([*argv, "--pools", "greenpool,greenpool-mux"])
     for name, [run] in json.loads(out.read_text())["results"].items():
-        # A master kill -9ed under load: no error on the other masters' slots, every key read back afterwards.
-        assert run["ok"] > 0 and run["acked"] == 50, (name, run)
+        # A master kill -9ed under load: no error on the other masters' slots, every write read back afterwards
+        # (acknowledged by the master alone, so one the replica had not received may be lost: not checked).
+        assert run["ok"] > 0 and run["acked"] >= 50, (name, run)
         assert run["errors_other_slots"] == run["wrong_replies"] == 0, (name, run)
 
 
