@@ -186,16 +186,14 @@ class WaitQueue:
         if self._adaptive:
             self._adapt(now)
         if budget and 2.0 * (budget - now) < self.expected_wait(max_connections):
-            self.shed += 1
-            self._window[0] += 1  # a give-up the deadline let us see coming
+            self._shed()
             return SHED
         waiter = Waiter(greenlet, budget)
         if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
             self._first.append(waiter)
         else:
             if self.lifo and self._adaptive and self.queued_work(max_connections) > _OVERLOAD_QUEUE_S:
-                self.shed += 1
-                self._window[0] += 1
+                self._shed()
                 return OVERLOADED
             self._waiters.append(waiter)
         self.nwaiting += 1
@@ -241,6 +239,12 @@ class WaitQueue:
             return len(self._first) * self.hold / max_connections
         return self.queued_work(max_connections)
 
+    def _shed(self) -> None:
+        """A checkout refused (for its deadline, or under overload): counted, and a give-up for the adaptive policy,
+        one it saw coming."""
+        self.shed += 1
+        self._window[0] += 1
+
     def queued_work(self, max_connections: int) -> float:
         """Seconds of work the queue holds for the connections: every waiter's turn, at the recent hold time."""
         return self.nwaiting * self.hold / max_connections
@@ -277,8 +281,7 @@ class WaitQueue:
                 self._ngone -= 1
                 continue
             if waiter.budget and waiter.budget <= _green.monotonic():
-                self.shed += 1
-                self._window[0] += 1
+                self._shed()
                 waiter.value = SHED
                 self._leave(waiter)
                 self._ngone -= 1

@@ -20,7 +20,7 @@ import traceback
 import warnings
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, NoReturn, Optional, Tuple, Type, TypeVar, Union
 
 from greenpool import _green
 from greenpool._deadline import remaining
@@ -364,8 +364,6 @@ class Pool(Generic[C]):
         stats.waits_ms.append(waited_ms)
         stats.wait_hist.record(waited_ms)
         if value is SHED:
-            stats.requests_errors += 1
-            self._stats.events.timeout(waited_ms / 1000.0, "deadline")
             left = remaining()
             if left:  # refused at once: the budget cannot cover the wait
                 why = (
@@ -374,16 +372,15 @@ class Pool(Generic[C]):
                 )
             else:  # skipped by a hand-off: the budget ran out while queued
                 why = f"The caller's deadline ran out while it waited ({waited_ms:.1f} ms)"
-            raise self.timeout_error(f"No connection available. {why}; {self._state_text()}")
+            self._no_connection(waited_ms / 1000.0, "deadline", why)
         if value is EXPIRED:
             self._timed_out(waited_ms / 1000.0)
         if value is OVERLOADED:
-            stats.requests_errors += 1
-            self._stats.events.timeout(0.0, "overload")
-            raise self.timeout_error(
-                "No connection available. Overloaded: waiters give up before their turn and the queue already "
-                f"holds {queue.queued_work(self.max_connections) * 1000.0:.1f} ms of work, so a newcomer is "
-                f"refused at once; {self._state_text()}"
+            self._no_connection(
+                0.0,
+                "overload",
+                "Overloaded: waiters give up before their turn and the queue already holds "
+                f"{queue.queued_work(self.max_connections) * 1000.0:.1f} ms of work, so a newcomer is refused at once",
             )
         return value
 
@@ -401,13 +398,18 @@ class Pool(Generic[C]):
             return isinstance(exc, keep_on)
         return bool(keep_on(exc))
 
-    def _timed_out(self, waited: float) -> None:
+    def _timed_out(self, waited: float) -> NoReturn:
         self._stats.requests_timeouts += 1
-        self._stats.requests_errors += 1
         log = _pool_log(self, "timeout")
         log.log(logging.WARNING, "%s: checkout timed out after %.2f s", self._state_text(), waited)
-        self._stats.events.timeout(waited, "timeout")
-        raise self.timeout_error(f"No connection available. Waited {waited:.2f} s; {self._state_text()}")
+        self._no_connection(waited, "timeout", f"Waited {waited:.2f} s")
+
+    def _no_connection(self, waited: float, reason: str, why: str) -> NoReturn:
+        """A checkout failed without a connection after ``waited`` seconds (``reason`` as the ``timeout`` event
+        gives it): count it, tell the listeners, raise the pool's timeout error saying ``why``."""
+        self._stats.requests_errors += 1
+        self._stats.events.timeout(waited, reason)
+        raise self.timeout_error(f"No connection available. {why}; {self._state_text()}")
 
     def _state_text(self) -> str:
         queue = self._queue
