@@ -271,6 +271,22 @@ def _delta(before: Dict[str, int], after: Dict[str, int]) -> Dict[str, int]:
     return {a: after[a] - before[a] - 1 for a in after if before.get(a, -1) >= 0 and after[a] >= 0}
 
 
+def _write(client: Any, key: str, value: str, wait_ms: int, rec: Recorder, **wait_options: Any) -> None:
+    """``SET key value``; record it in ``rec.acked`` once acknowledged: when ``WAIT 1 wait_ms`` says a replica has
+    it too, as users who care about failovers write, or, with ``wait_ms`` 0, when the master answered. ``WAIT``
+    counts the writes of its own connection only, so it goes in one pipeline (one connection) with the ``SET``;
+    ``wait_options`` go with it (the cluster's ``target_nodes``)."""
+    if not wait_ms:
+        client.set(key, value)
+    else:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(key, value)
+        pipe.execute_command("WAIT", 1, wait_ms, **wait_options)
+        if pipe.execute()[1] < 1:
+            return
+    rec.acked[key] = value
+
+
 # ---------------------------------------------------------------------- sentinel
 
 
@@ -301,17 +317,7 @@ def _run_sentinel(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
 
         def op(w: int, n: int, rec: Recorder) -> None:
             key, value = f"k{w}:{n}", f"{w}:{n}"  # a key per write: a later write cannot hide a lost one
-            if args.wait_ms:
-                # Acknowledged once a replica has it too, as users who care about failovers write. WAIT counts the
-                # writes of its own connection only, so it goes in one pipeline (one connection) with the SET.
-                pipe = client.pipeline(transaction=False)
-                pipe.set(key, value)
-                pipe.execute_command("WAIT", 1, args.wait_ms)
-                if pipe.execute()[1] >= 1:
-                    rec.acked[key] = value
-            else:  # --wait-ms 0: acknowledged by the master alone
-                client.set(key, value)
-                rec.acked[key] = value
+            _write(client, key, value, args.wait_ms, rec)
             if client.echo(value) != value.encode():
                 rec.wrong += 1
                 raise AssertionError("a reply for another caller")
@@ -375,21 +381,13 @@ def _run_cluster(contender: str, args: argparse.Namespace) -> Dict[str, Any]:
         def op(w: int, n: int, rec: Recorder) -> None:
             key, value = f"{{k{w}}}:{n}", f"{w}:{n}"  # a key per write, all of a greenlet's in one slot
             try:
-                # As for Sentinel; the pipeline sends both on one connection to the key's node. A SET that meets ASK
-                # or MOVED runs elsewhere than its WAIT: harmless in a migration, which loses no write, and after a
-                # kill a stale route leads to the dead node, which confirms nothing. But when redis-py retries the
-                # pipeline (after the kill) it sends the keyless WAIT to every master: the retry holds a connection
-                # on each while the promoted replica, which has no replica, runs WAIT to its timeout. Hence the
-                # default --wait-ms 0 here.
-                if args.wait_ms:
-                    pipe = client.pipeline(transaction=False)
-                    pipe.set(key, value)
-                    pipe.execute_command("WAIT", 1, args.wait_ms, target_nodes=client.get_node_from_key(key))
-                    if pipe.execute()[1] >= 1:
-                        rec.acked[key] = value
-                else:
-                    client.set(key, value)
-                    rec.acked[key] = value
+                # WAIT goes to the key's node, with the SET. A SET that meets ASK or MOVED runs elsewhere than its
+                # WAIT: harmless in a migration, which loses no write, and after a kill a stale route leads to the
+                # dead node, which confirms nothing. But when redis-py retries the pipeline (after the kill) it
+                # sends the keyless WAIT to every master: the retry holds a connection on each while the promoted
+                # replica, which has no replica, runs WAIT to its timeout. Hence the default --wait-ms 0 here.
+                target = {"target_nodes": client.get_node_from_key(key)} if args.wait_ms else {}
+                _write(client, key, value, args.wait_ms, rec, **target)
                 if client.get(key) != value.encode():
                     rec.wrong += 1
                     raise AssertionError("a reply for another caller")
