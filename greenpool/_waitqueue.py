@@ -52,8 +52,9 @@ _WINDOW = 0.1
 #: windows), and back to FIFO under half of it: LIFO makes the oldest waiters give up too, a few of them.
 _GIVE_UP_SHARE = 0.1
 #: In the adaptive policy's LIFO mode a newcomer is refused at once when the queue already holds this many
-#: seconds of work for the connections (waiters x recent hold time / max_connections).
-_OVERLOAD_QUEUE_S = 0.02
+#: seconds of work for the connections (waiters x recent hold time / max_connections), and more than one
+#: checkout per connection (see :meth:`WaitQueue.overloaded`).
+_OVERLOAD_QUEUE_S = 0.001
 
 
 class Waiter:
@@ -108,12 +109,16 @@ class WaitQueue:
       makes a few of the oldest give up), or when the queue empties. A long queue served in time (the 5000-greenlet
       closed loop) never turns LIFO. In LIFO mode a greenlet that released a connection within the last 20 ms (it is in
       the middle of a request) is served before newcomers, so that requests of several commands finish instead of each
-      doing its first command only. And in LIFO mode a newcomer (not in the middle of a request) is refused at once,
-      with :data:`OVERLOADED`, when the queue already holds more than 20 ms of work for the connections (waiters x
-      recent hold time / ``max_connections``). Its greenlet has not waited yet and is the cheapest to turn away: no
-      switch, no timer, no frames kept alive until its deadline fires (the long-lived doomed waiters of a plain LIFO
-      queue are what fills the collector's old generation and stalls the whole process under overload). A refusal counts
-      as a give-up, so the queue stays LIFO while it refuses.
+      doing its first command only. And in LIFO mode a newcomer is refused at once, with :data:`OVERLOADED`, when the
+      queue already holds more than 1 ms of work for the connections (waiters x recent hold time /
+      ``max_connections``) and more than one checkout per connection (:meth:`overloaded`). Its greenlet has not waited
+      yet and is the cheapest to turn away: no switch, no timer, no frames kept alive until its deadline fires (the
+      long-lived doomed waiters of a long LIFO queue are what fills the collector's old generation and slows the
+      whole process under sustained overload). A greenlet that left the queue empty-handed (refused, or gave up)
+      within the last 20 ms and asks again is not a newcomer either: it queues with the greenlets in the middle of a
+      request (refusing a loop that comes straight back sheds nothing). A refusal counts as a give-up, so the queue
+      stays LIFO while it refuses; but once the queue no longer holds more than the bound and fewer than 8 waiters
+      gave up in it, refusals alone do not keep it LIFO.
 
     With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met is refused at once
     instead of holding its place: its remaining budget is shorter than half the expected wait (an average, so a
@@ -143,12 +148,13 @@ class WaitQueue:
         self._loop: Any = None
         # Adaptive policy state.
         self._window_start = 0.0
-        self._window = [0, 0]  # this window's give-ups and hand-offs
-        self._last_window = [0, 0]
+        self._window = [0, 0, 0]  # this window's give-ups (refusals included), hand-offs and overload refusals
+        self._last_window = [0, 0, 0]
         #: Seconds a connection is held per checkout, recently: a moving average the pool's release updates
         #: (inline: it is on the hot path).
         self.hold = 0.0
-        self._released: Dict[Any, float] = {}  # LIFO mode: greenlet -> when it last released a connection
+        # LIFO mode: greenlet -> when it last released a connection or left the queue empty-handed.
+        self._recent: Dict[Any, float] = {}
         self._mode_since = 0.0
         # Figures for get_stats().
         self.switches = 0
@@ -184,16 +190,18 @@ class WaitQueue:
         greenlet = _green.getcurrent()
         budget = BUDGETS.get(greenlet, 0.0) if BUDGETS else 0.0
         if self._adaptive:
-            self._adapt(now)
+            self._adapt(now, max_connections)
         if budget and 2.0 * (budget - now) < self.expected_wait(max_connections):
             self._shed()
             return SHED
         waiter = Waiter(greenlet, budget)
-        if self.lifo and self._released and self._released.pop(greenlet, -1.0) > now - _CONTINUATION:
+        if self.lifo and self._recent and self._recent.pop(greenlet, -1.0) > now - _CONTINUATION:
             self._first.append(waiter)
         else:
-            if self.lifo and self._adaptive and self.queued_work(max_connections) > _OVERLOAD_QUEUE_S:
+            if self.lifo and self._adaptive and self.overloaded(max_connections):
                 self._shed()
+                self._window[2] += 1
+                self._recent_now(greenlet, now)  # if it asks again at once, it is not a newcomer
                 return OVERLOADED
             self._waiters.append(waiter)
         self.nwaiting += 1
@@ -245,6 +253,20 @@ class WaitQueue:
         self.shed += 1
         self._window[0] += 1
 
+    def overloaded(self, max_connections: int) -> bool:
+        """Whether a newcomer is refused at once in the adaptive policy's LIFO mode: the queue already holds more than
+        1 ms of work for the connections and more than one checkout per connection (with slow commands, one waiter
+        per connection is what keeps a released connection from idling until the next arrival).
+
+        Why so short a queue: served newest first, a waiter that newer arrivals keep pushing down waits until its
+        caller's deadline fires, and costs a park, a wake-up and an exception through the client's frames, where a
+        newcomer refused at once costs the exception only. ``python -m stress overload`` measured a 20 ms bound, 2 ms,
+        1 ms and 0.5 ms: 1 ms delivered the most requests in time at 1.5x, 2x and 4x the knee (the CHANGELOG has the
+        figures).
+        """
+        hold = self.hold
+        return self.nwaiting * hold / max_connections > max(_OVERLOAD_QUEUE_S, hold)
+
     def queued_work(self, max_connections: int) -> float:
         """Seconds of work the queue holds for the connections: every waiter's turn, at the recent hold time."""
         return self.nwaiting * self.hold / max_connections
@@ -254,12 +276,15 @@ class WaitQueue:
 
         Called by the pool's release (only while ``lifo``), not when a refused hand-off comes back.
         """
-        released = self._released
-        greenlet = _green.getcurrent()
-        released[greenlet] = now
-        if len(released) > 4096:  # greenlets that never came back: forget the stale ones
+        self._recent_now(_green.getcurrent(), now)
+
+    def _recent_now(self, greenlet: Any, now: float) -> None:
+        """LIFO mode: if ``greenlet`` asks again within 20 ms, it is not a newcomer (see the class docstring)."""
+        recent = self._recent
+        recent[greenlet] = now
+        if len(recent) > 4096:  # greenlets that never came back: forget the stale ones
             horizon = now - _CONTINUATION
-            self._released = {g: t for g, t in released.items() if t > horizon}
+            self._recent = {g: t for g, t in recent.items() if t > horizon}
 
     # ------------------------------------------------------------------ handing over
 
@@ -313,6 +338,8 @@ class WaitQueue:
         if state == WAITING:
             self._window[0] += 1  # gave up: its caller interrupted it while it was queued
             self._leave(waiter)
+            if self.lifo:
+                self._recent_now(waiter.greenlet, _green.monotonic())
             return
         if waiter.wake is not None:
             # Its wake-up (a hand-off, or the news that its time is up) is still scheduled: cancel it, or it
@@ -377,19 +404,28 @@ class WaitQueue:
 
     # ------------------------------------------------------------------ the adaptive policy
 
-    def _adapt(self, now: float) -> None:
+    def _adapt(self, now: float, max_connections: int) -> None:
         """Pick FIFO or LIFO (adaptive policy; runs as a waiter queues, on the contended path only)."""
         elapsed = now - self._window_start
         if elapsed >= _WINDOW:
-            self._last_window = self._window if elapsed < 2 * _WINDOW else [0, 0]
-            self._window = [0, 0]
+            self._last_window = self._window if elapsed < 2 * _WINDOW else [0, 0, 0]
+            self._window = [0, 0, 0]
             self._window_start = now
         gave_up = self._window[0] + self._last_window[0]
         share = gave_up / (gave_up + self._window[1] + self._last_window[1] or 1)
         if not self.lifo:
             if gave_up >= _GIVE_UP_QUORUM and share >= _GIVE_UP_SHARE:
                 self._set_lifo(True, now)
-        elif gave_up < _GIVE_UP_QUORUM or share < 0.5 * _GIVE_UP_SHARE:
+        elif (
+            gave_up < _GIVE_UP_QUORUM
+            or share < 0.5 * _GIVE_UP_SHARE
+            or (
+                gave_up - self._window[2] - self._last_window[2] < _GIVE_UP_QUORUM
+                and not self.overloaded(max_connections)
+            )
+        ):
+            # Refusals keep the queue LIFO only while it is still full: else they would keep it refusing by
+            # themselves once the load has gone.
             self._set_lifo(False, now)
 
     def _set_lifo(self, lifo: bool, now: float) -> None:
@@ -397,7 +433,7 @@ class WaitQueue:
             return
         if self.lifo:
             self.lifo_seconds += now - self._mode_since
-            self._released = {}
+            self._recent = {}
             # Back to FIFO: the waiters that jumped the queue keep their place at its head.
             if self._first:
                 self._waiters.extendleft(reversed(self._first))

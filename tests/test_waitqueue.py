@@ -118,13 +118,13 @@ def test_adaptive_stays_fifo_for_a_long_queue_served_in_time(clock: Clock) -> No
     pool.release(conn)
 
 
-def make_overloaded(clock: Clock, hold: float = 0.0005) -> Any:
+def make_overloaded(clock: Clock, hold: float = 0.00003) -> Any:
     """A pool of one connection held ``hold`` seconds per checkout, whose last ten waiters gave up (were
-    interrupted). Once LIFO, it queues newcomers up to 20 ms of work: 40 waiters at the default hold."""
+    interrupted). Once LIFO, it queues newcomers up to 1 ms of work: 34 waiters at the default hold."""
     pool, conn, served = served_in_turn(clock, 10, hold)
-    # Ten waiters give up after 10 ms in the queue (their callers' deadlines fired).
+    # Ten waiters give up in the queue (their callers' deadlines fired; the clock stands still, so that the
+    # connection's hold time stays as measured).
     doomed = queue_up(pool, 10, served, start=100)
-    clock.advance(0.01)
     for g in doomed:
         g.kill()
     assert pool.waiting == 0 and pool.get_stats()["queue_mode"] == "fifo"
@@ -153,6 +153,88 @@ def test_adaptive_turns_lifo_when_waiters_give_up_and_back_when_the_queue_emptie
 
 
 def test_lifo_refuses_a_newcomer_at_once_when_the_queue_holds_enough_work(clock: Clock) -> None:
+    pool, conn, served = make_overloaded(clock)
+    served.clear()
+    newcomers = queue_up(pool, 34, served, start=400)  # 33 waiting hold 0.99 ms of work: the 34th is let in
+    assert pool.get_stats()["queue_mode"] == "lifo" and pool.waiting == 34
+    size, shed = pool.size, pool.get_stats()["requests_shed"]
+    timeouts: List[Any] = []
+    greenpool.events.listen(pool, "timeout", lambda waited, reason: timeouts.append((waited, reason)))
+    with pytest.raises(PoolTimeout, match=r"Overloaded: .* holds 1.0 ms of work, so a newcomer is refused at once"):
+        pool.acquire()
+    assert pool.get_stats()["requests_shed"] == shed + 1 and timeouts == [(0.0, "overload")]
+    assert pool.size == size and pool.waiting == 34  # no slot taken, nobody queued
+    for g in newcomers:
+        g.kill()
+    pool.release(conn)
+    assert pool.size == 1 and pool.in_use == 0 and pool.waiting == 0
+
+
+def refuse(pool: Pool[Conn], n: int) -> None:
+    """``n`` newcomers (greenlets of their own) are each refused at once for overload."""
+    refused = []
+    for _ in range(n):
+        g = gevent.spawn(pool.acquire)
+        g.join(1)
+        refused.append(isinstance(g.exception, PoolTimeout) and "Overloaded" in str(g.exception))
+    assert refused == [True] * n
+
+
+def test_a_greenlet_refused_for_overload_that_asks_again_at_once_queues(clock: Clock) -> None:
+    # Refusing a loop that asks again right away sheds nothing: it waits its turn instead.
+    pool, conn, served = make_overloaded(clock)
+    newcomers = queue_up(pool, 34, served, start=400)
+    outcome: List[str] = []
+
+    def retry() -> None:
+        try:
+            pool.acquire()
+        except PoolTimeout:
+            outcome.append("refused")
+        pool.acquire()
+        outcome.append("served")
+
+    g = gevent.spawn(retry)
+    gevent.sleep(0)
+    assert outcome == ["refused"] and pool.waiting == 35
+    refuse(pool, 1)  # another newcomer still is
+    for w in [g, *newcomers]:
+        w.kill()
+    pool.release(conn)
+    assert pool.size == 1 and pool.in_use == 0 and pool.waiting == 0
+
+
+def test_refusals_keep_the_queue_lifo_only_while_it_is_full(clock: Clock) -> None:
+    pool, conn, _ = make_overloaded(clock)  # ten gave up in the queue
+    mine: List[int] = []
+    newcomers = queue_up(pool, 34, mine)
+    refuse(pool, 10)
+    clock.advance(0.1)
+    refuse(pool, 10)
+    clock.advance(0.1)
+    # Nobody gave up in the queue over the last two windows, only refusals: still LIFO while the queue is full.
+    refuse(pool, 1)
+    assert pool.get_stats()["queue_mode"] == "lifo"
+    for _ in range(33):  # served newest first, down to one waiter
+        pool.release(conn)
+        settle()
+        conn = newcomers[mine[-1]].value
+    assert mine[-1] == 1 and pool.waiting == 1
+    late = queue_up(pool, 1, mine, start=100)  # the queue is short and nobody dies in it: FIFO again, no refusal
+    stats = pool.get_stats()
+    assert stats["queue_mode"] == "fifo" and pool.waiting == 2
+    for _ in range(2):
+        pool.release(conn)
+        settle()
+        conn = (newcomers + late)[[0, 100].index(mine[-1]) * 34].value
+    assert mine[-2:] == [0, 100]
+    pool.release(conn)
+    assert pool.size == 1 and pool.in_use == 0 and pool.waiting == 0
+
+
+def test_lifo_queues_one_checkout_per_connection_however_long_they_hold(clock: Clock) -> None:
+    # Checkouts of 5 ms: one waiter is more than 1 ms of work, yet the queue takes one per connection (and one
+    # more), so that a connection released finds a waiter rather than idling until the next arrival.
     pool, conn, served = make_overloaded(clock, hold=0.005)
     served.clear()
     gate = gevent.event.Event()
@@ -170,33 +252,27 @@ def test_lifo_refuses_a_newcomer_at_once_when_the_queue_holds_enough_work(clock:
 
     g = gevent.spawn(request)
     gevent.sleep(0)
-    pool.release(conn)  # held 10 ms: the hold average is 5.25 ms now
+    pool.release(conn)  # released at once: the hold average is 4.75 ms now
     settle()
     assert order == ["first"]
-    newcomers = queue_up(pool, 4, served, start=500)  # 3 waiting make 15.75 ms: the 4th is still let in
-    assert pool.get_stats()["queue_mode"] == "lifo"
-    size, shed = pool.size, pool.get_stats()["requests_shed"]
-    timeouts: List[Any] = []
-    greenpool.events.listen(pool, "timeout", lambda waited, reason: timeouts.append((waited, reason)))
-    with pytest.raises(PoolTimeout, match=r"Overloaded: .* holds 21.0 ms of work, so a newcomer is refused at once"):
+    newcomers = queue_up(pool, 2, served, start=500)
+    assert pool.get_stats()["queue_mode"] == "lifo" and pool.waiting == 2
+    with pytest.raises(PoolTimeout, match=r"Overloaded: .* holds 9.5 ms of work, so a newcomer is refused at once"):
         pool.acquire()
-    assert pool.get_stats()["requests_shed"] == shed + 1 and timeouts == [(0.0, "overload")]
-    assert pool.size == size and pool.waiting == 4  # no slot taken, nobody queued
-    # The request releases its connection after 100 ms (to the newest newcomer): the queue now holds more
-    # than 20 ms of work, yet its second checkout queues, ahead of the newcomers (it is in the middle of a request).
+    assert pool.waiting == 2
+    # The request releases its connection after 100 ms (to the newest newcomer): its second checkout queues
+    # although the queue is full (it is in the middle of a request), and is served first.
     clock.advance(0.1)
     gate.set()
     settle()
-    assert served == [503] and pool.waiting == 4
+    assert served == [501] and pool.waiting == 2
     with pytest.raises(PoolTimeout, match="Overloaded"):
         pool.acquire()  # a newcomer is refused
-    pool.release(newcomers[3].value)
+    pool.release(newcomers[1].value)
     settle()
-    assert order == ["first", "second"] and served == [503, 502]  # served first; it released to newcomer 502
+    assert order == ["first", "second"] and served == [501, 500]  # it released to newcomer 500
     g.join(5)
-    for w in newcomers[:2]:
-        w.kill()
-    pool.release(newcomers[2].value)
+    pool.release(newcomers[0].value)
     assert pool.size == 1 and pool.in_use == 0 and pool.waiting == 0
 
 
