@@ -253,7 +253,7 @@ class WaitQueue:
         self.shed += 1
         self._window[0] += 1
 
-    def overloaded(self, max_connections: int) -> bool:
+    def overloaded(self, max_connections: int, share: float = 1.0) -> bool:
         """Whether a newcomer is refused at once in the adaptive policy's LIFO mode: the queue already holds more than
         1 ms of work for the connections and more than one checkout per connection (with slow commands, one waiter
         per connection is what keeps a released connection from idling until the next arrival).
@@ -262,10 +262,10 @@ class WaitQueue:
         caller's deadline fires, and costs a park, a wake-up and an exception through the client's frames, where a
         newcomer refused at once costs the exception only. ``python -m stress overload`` measured a 20 ms bound, 2 ms,
         1 ms and 0.5 ms: 1 ms delivered the most requests in time at 1.5x, 2x and 4x the knee (the CHANGELOG has the
-        figures).
+        figures). With ``share``, whether it holds more than that share of the bound.
         """
         hold = self.hold
-        return self.nwaiting * hold / max_connections > max(_OVERLOAD_QUEUE_S, hold)
+        return self.nwaiting * hold / max_connections > share * max(_OVERLOAD_QUEUE_S, hold)
 
     def queued_work(self, max_connections: int) -> float:
         """Seconds of work the queue holds for the connections: every waiter's turn, at the recent hold time."""
@@ -421,11 +421,12 @@ class WaitQueue:
             or share < 0.5 * _GIVE_UP_SHARE
             or (
                 gave_up - self._window[2] - self._last_window[2] < _GIVE_UP_QUORUM
-                and not self.overloaded(max_connections)
+                and not self.overloaded(max_connections, 0.5)
             )
         ):
-            # Refusals keep the queue LIFO only while it is still full: else they would keep it refusing by
-            # themselves once the load has gone.
+            # Refusals keep the queue LIFO only while it is still (half) full: else they would keep it refusing by
+            # themselves once the load has gone. Half, not full: the bound moves with the hold time, and a queue
+            # that hovers at it under overload must not flip the order at every move.
             self._set_lifo(False, now)
 
     def _set_lifo(self, lifo: bool, now: float) -> None:
