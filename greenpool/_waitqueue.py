@@ -117,7 +117,7 @@ class WaitQueue:
       whole process under sustained overload). A greenlet that left the queue empty-handed (refused, or gave up)
       within the last 20 ms and asks again is not a newcomer either: it queues with the greenlets in the middle of a
       request (refusing a loop that comes straight back sheds nothing). A refusal counts as a give-up, so the queue
-      stays LIFO while it refuses; but once the queue no longer holds more than the bound and fewer than 8 waiters
+      stays LIFO while it refuses; but once the queue holds no more than half the bound and fewer than 8 waiters
       gave up in it, refusals alone do not keep it LIFO.
 
     With any policy, a waiter whose caller set a :func:`greenpool.deadline` that cannot be met is refused at once
@@ -264,8 +264,7 @@ class WaitQueue:
         1 ms and 0.5 ms: 1 ms delivered the most requests in time at 1.5x, 2x and 4x the knee (the CHANGELOG has the
         figures). With ``share``, whether it holds more than that share of the bound.
         """
-        hold = self.hold
-        return self.nwaiting * hold / max_connections > share * max(_OVERLOAD_QUEUE_S, hold)
+        return self.queued_work(max_connections) > share * max(_OVERLOAD_QUEUE_S, self.hold)
 
     def queued_work(self, max_connections: int) -> float:
         """Seconds of work the queue holds for the connections: every waiter's turn, at the recent hold time."""
