@@ -355,33 +355,37 @@ class Pool(Generic[C]):
                 f"(max_waiting={self.max_waiting}); {self._state_text()}"
             )
         if timeout == 0:
+            stats.refused_at_once += 1
             self._timed_out(0.0)
-        stats.requests_queued += 1
         start = _green.monotonic()
         value = queue.wait(timeout, self.max_connections)
-        waited_ms = (_green.monotonic() - start) * 1000.0
-        stats.requests_wait_ms += waited_ms
-        stats.waits_ms.append(waited_ms)
-        stats.wait_hist.record(waited_ms)
-        if value is SHED:
-            left = remaining()
-            if left:  # refused at once: the budget cannot cover the wait
-                why = (
-                    f"The caller's deadline ({left * 1000.0:.1f} ms left) would run out before its turn "
-                    f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms)"
-                )
-            else:  # skipped by a hand-off: the budget ran out while queued
-                why = f"The caller's deadline ran out while it waited ({waited_ms:.1f} ms)"
-            self._no_connection(waited_ms / 1000.0, "deadline", why)
-        if value is EXPIRED:
-            self._timed_out(waited_ms / 1000.0)
-        if value is OVERLOADED:
+        if value is OVERLOADED:  # refused at once: it did not wait
+            stats.refused_at_once += 1
             self._no_connection(
                 0.0,
                 "overload",
                 "Overloaded: waiters give up before their turn and the queue already holds "
                 f"{queue.queued_work(self.max_connections) * 1000.0:.1f} ms of work, so a newcomer is refused at once",
             )
+        left = remaining() if value is SHED else None
+        if left:  # refused at once: the budget cannot cover the wait, and it did not wait
+            stats.refused_at_once += 1
+            self._no_connection(
+                0.0,
+                "deadline",
+                f"The caller's deadline ({left * 1000.0:.1f} ms left) would run out before its turn "
+                f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms)",
+            )
+        waited_ms = (_green.monotonic() - start) * 1000.0
+        stats.requests_queued += 1
+        stats.requests_wait_ms += waited_ms
+        stats.waits_ms.append(waited_ms)
+        stats.wait_hist.record(waited_ms)
+        if value is SHED:  # skipped by a hand-off: the budget ran out while queued
+            why = f"The caller's deadline ran out while it waited ({waited_ms:.1f} ms)"
+            self._no_connection(waited_ms / 1000.0, "deadline", why)
+        if value is EXPIRED:
+            self._timed_out(waited_ms / 1000.0)
         return value
 
     def _refused(self, value: Any) -> None:
@@ -778,13 +782,14 @@ class Pool(Generic[C]):
         (idle), ``in_use``, ``pool_handing_over`` (connections or free slots handed to waiting greenlets that
         have not resumed yet: neither idle nor in use), ``requests_waiting``. Totals since creation (or the
         last :meth:`pop_stats`):
-        ``requests_num`` (checkouts asked for), ``requests_queued`` (had to wait), ``requests_wait_ms``,
-        ``requests_errors`` (failed checkouts), ``requests_timeouts``, ``requests_rejected`` (max_waiting),
-        ``connections_num`` (made), ``connections_ms`` (time spent making them), ``connections_errors``
-        (failed to make), ``connections_lost`` (found broken or discarded), ``connections_closed``,
-        ``checks_failed``, ``returns_bad`` (releases of connections not checked out), ``usage_ms`` (time
-        connections were held, checkout to release) and ``returns_num`` (releases it counts). Checkout wait
-        percentiles over the last 10,000 checkouts: ``wait_p50_ms``, ``wait_p99_ms``, ``wait_max_ms``
+        ``requests_num`` (checkouts asked for), ``requests_queued`` (had to wait: not those refused at once),
+        ``requests_wait_ms``, ``requests_errors`` (failed checkouts), ``requests_timeouts``, ``requests_rejected``
+        (max_waiting), ``connections_num`` (made), ``connections_ms`` (time spent making them),
+        ``connections_errors`` (failed to make), ``connections_lost`` (found broken or discarded),
+        ``connections_closed``, ``checks_failed``, ``returns_bad`` (releases of connections not checked out),
+        ``usage_ms`` (time connections were held, checkout to release) and ``returns_num`` (releases it counts).
+        Checkout wait percentiles over the last 10,000 checkouts not refused at once: ``wait_p50_ms``,
+        ``wait_p99_ms``, ``wait_max_ms``
         (bucketed histograms, which add up across processes: :meth:`get_histograms`).
         """
         out: Dict[str, Union[int, float, str]] = {

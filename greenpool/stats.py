@@ -110,6 +110,7 @@ class Counters:
         "connections_ms",
         "connections_num",
         "events",
+        "refused_at_once",
         "requests_errors",
         "requests_num",
         "requests_queued",
@@ -131,6 +132,8 @@ class Counters:
         self.requests_errors = 0
         self.requests_timeouts = 0
         self.requests_rejected = 0
+        #: Checkouts refused without waiting (``timeout=0``, overload, a deadline too short): not in ``wait``.
+        self.refused_at_once = 0
         self.connections_num = 0
         self.connections_ms = 0.0
         self.connections_errors = 0
@@ -155,7 +158,7 @@ class Counters:
     def snapshot(self) -> Dict[str, float]:
         """Return the totals and the wait percentiles as a plain dict (see ``Pool.get_stats``)."""
         self.fold_usage()
-        skip = ("events", "waits_ms", "wait_hist", "connect_hist", "usage_hist", "usage_s")
+        skip = ("events", "refused_at_once", "waits_ms", "wait_hist", "connect_hist", "usage_hist", "usage_s")
         out: Dict[str, float] = {name: getattr(self, name) for name in self.__slots__ if name not in skip}
         out["requests_wait_ms"] = round(self.requests_wait_ms, 3)
         out["connections_ms"] = round(self.connections_ms, 3)
@@ -170,7 +173,7 @@ class Counters:
     def histograms(self) -> Dict[str, HistogramSnapshot]:
         """``wait`` (every checkout that was not refused at once), ``connect`` and ``usage`` histograms."""
         self.fold_usage()
-        served_at_once = self.requests_num - self.requests_queued - self.requests_rejected
+        served_at_once = self.requests_num - self.requests_queued - self.requests_rejected - self.refused_at_once
         return {
             "wait": self.wait_hist.snapshot(max(0, served_at_once)),
             "connect": self.connect_hist.snapshot(),

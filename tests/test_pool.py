@@ -100,6 +100,9 @@ def test_lazy_creation_and_limit() -> None:
     assert len({c.id for c in conns}) == 3 and pool.size == 3 and pool.in_use == 3
     with pytest.raises(PoolTimeout):
         pool.acquire()
+    # The three were served at once (0 ms waits); the fourth was refused without waiting, so no wait of its own.
+    wait = pool.get_histograms()["wait"]
+    assert pool.get_stats()["requests_queued"] == 0 and wait.count == 3 and wait.counts[0] == 3
     for c in conns:
         pool.release(c)
     assert pool.idle == 3 and pool.in_use == 0

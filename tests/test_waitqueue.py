@@ -157,12 +157,17 @@ def test_lifo_refuses_a_newcomer_at_once_when_the_queue_holds_enough_work(clock:
     served.clear()
     newcomers = queue_up(pool, 34, served, start=400)  # 33 waiting hold 0.99 ms of work: the 34th is let in
     assert pool.get_stats()["queue_mode"] == "lifo" and pool.waiting == 34
-    size, shed = pool.size, pool.get_stats()["requests_shed"]
+    before = pool.get_stats()
+    size, waits = pool.size, pool.get_histograms()["wait"].count
     timeouts: List[Any] = []
     greenpool.events.listen(pool, "timeout", lambda waited, reason: timeouts.append((waited, reason)))
     with pytest.raises(PoolTimeout, match=r"Overloaded: .* holds 1.0 ms of work, so a newcomer is refused at once"):
         pool.acquire()
-    assert pool.get_stats()["requests_shed"] == shed + 1 and timeouts == [(0.0, "overload")]
+    stats = pool.get_stats()
+    assert stats["requests_shed"] == before["requests_shed"] + 1 and timeouts == [(0.0, "overload")]
+    # It did not wait: neither a queued checkout nor a wait of 0 ms in the figures.
+    assert stats["requests_queued"] == before["requests_queued"] and stats["wait_p50_ms"] == before["wait_p50_ms"]
+    assert stats["requests_num"] == before["requests_num"] + 1 and pool.get_histograms()["wait"].count == waits
     assert pool.size == size and pool.waiting == 34  # no slot taken, nobody queued
     for g in newcomers:
         g.kill()
@@ -349,12 +354,13 @@ def test_deadline_bad_input_names_the_argument() -> None:
 def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> None:
     pool, conn, served = served_in_turn(clock, 3, 0.01, queue_policy="fifo")  # three checkouts of 10 ms each
     ahead = queue_up(pool, 5, served, start=400)  # 5 ahead, one connection freed every 10 ms: 50 ms to wait
-    size = pool.size
+    size, queued, waits = pool.size, pool.get_stats()["requests_queued"], pool.get_histograms()["wait"].count
     with deadline(0.02):
         with pytest.raises(PoolTimeout, match=r"deadline \(20.0 ms left\) would run out before its turn"):
             pool.acquire()
     stats = pool.get_stats()
     assert stats["requests_shed"] == 1 and pool.size == size and pool.waiting == 5
+    assert stats["requests_queued"] == queued and pool.get_histograms()["wait"].count == waits  # it did not wait
     with deadline(5):
         late = gevent.spawn(pool.acquire)
         gevent.sleep(0)
