@@ -194,8 +194,8 @@ class WaitQueue:
         if budget and 2.0 * (budget - now) < self.expected_wait(max_connections):
             self._shed()
             return SHED
-        waiter = Waiter(greenlet, budget)
         if self.lifo and self._recent and self._recent.pop(greenlet, -1.0) > now - _CONTINUATION:
+            waiter = Waiter(greenlet, budget)
             self._first.append(waiter)
         else:
             if self.lifo and self._adaptive and self.overloaded(max_connections):
@@ -203,6 +203,7 @@ class WaitQueue:
                 self._window[2] += 1
                 self._recent_now(greenlet, now)  # if it asks again at once, it is not a newcomer
                 return OVERLOADED
+            waiter = Waiter(greenlet, budget)
             self._waiters.append(waiter)
         self.nwaiting += 1
         timer = None
