@@ -14,7 +14,7 @@ from typing import Any, Callable, Deque, Dict, Optional
 from greenpool import _green
 from greenpool._deadline import BUDGETS
 
-__all__ = ["EXPIRED", "OVERLOADED", "POLICIES", "SHED", "WaitQueue", "Waiter"]
+__all__ = ["EXPIRED", "OVERLOADED", "POLICIES", "RAN_OUT", "SHED", "WaitQueue", "Waiter"]
 
 #: The service policies a pool accepts as ``queue_policy``.
 POLICIES = ("adaptive", "fifo", "lifo")
@@ -37,8 +37,10 @@ class _Outcome:
 
 #: Returned by :meth:`WaitQueue.wait` when the waiter's checkout timeout ran out.
 EXPIRED: Any = _Outcome("expired")
-#: Returned by :meth:`WaitQueue.wait` when the caller's deadline could not be met (refused, not timed out).
+#: Returned by :meth:`WaitQueue.wait` when the caller's deadline cannot be met: refused at once, without waiting.
 SHED: Any = _Outcome("shed")
+#: Returned by :meth:`WaitQueue.wait` when the caller's deadline ran out while it waited (a hand-off skipped it).
+RAN_OUT: Any = _Outcome("ran out")
 #: Returned by :meth:`WaitQueue.wait` when the adaptive policy refused a newcomer at once (overload).
 OVERLOADED: Any = _Outcome("overloaded")
 
@@ -180,8 +182,8 @@ class WaitQueue:
         """Queue the current greenlet and block until it is handed a value or its time is up.
 
         Returns the value handed over (an entry or the slot marker; an exception value is raised),
-        :data:`EXPIRED` when ``timeout`` seconds passed first, :data:`SHED` when the caller's deadline
-        cannot be met (at once, or when its budget ran out while queued), or :data:`OVERLOADED` (at once) when
+        :data:`EXPIRED` when ``timeout`` seconds passed first, :data:`SHED` (at once) when the caller's deadline
+        cannot be met, :data:`RAN_OUT` when its budget ran out while queued, or :data:`OVERLOADED` (at once) when
         the adaptive policy refuses a newcomer. An
         interruption (kill, outer ``gevent.Timeout``) propagates after the waiter left the queue; a value
         handed to it meanwhile goes back through ``refused``.
@@ -227,10 +229,10 @@ class WaitQueue:
             if timer is not None:
                 timer.close()
         if waiter.state != GIVEN:
-            # Woken by a timer (EXPIRED), or refused for its deadline (its value is SHED); state GONE.
+            # Woken by a timer (EXPIRED), or skipped for its deadline (its value is RAN_OUT); state GONE.
             if waiter.state == WAITING:  # pragma: no cover - a stray switch into this greenlet
                 self._leave(waiter)
-            return SHED if waiter.value is SHED else EXPIRED
+            return RAN_OUT if waiter.value is RAN_OUT else EXPIRED
         waiter.state = DONE
         self.nhanding -= 1
         value = waiter.value
@@ -307,7 +309,7 @@ class WaitQueue:
                 continue
             if waiter.budget and waiter.budget <= _green.monotonic():
                 self._shed()
-                waiter.value = SHED
+                waiter.value = RAN_OUT
                 self._leave(waiter)
                 self._ngone -= 1
                 waiter.wake = self._loop.run_callback(waiter.greenlet.switch)

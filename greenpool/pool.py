@@ -34,7 +34,7 @@ from greenpool._validate import (
     check_sizes,
     deprecated_name,
 )
-from greenpool._waitqueue import EXPIRED, OVERLOADED, POLICIES, SHED, WaitQueue
+from greenpool._waitqueue import EXPIRED, OVERLOADED, POLICIES, RAN_OUT, SHED, WaitQueue
 from greenpool.errors import PoolClosed, PoolTimeout, TooManyWaiting, UnknownConnection
 from greenpool.events import PoolEvents
 from greenpool.stats import USAGE_BATCH, Counters, HistogramSnapshot
@@ -359,29 +359,28 @@ class Pool(Generic[C]):
             self._timed_out(0.0)
         start = _green.monotonic()
         value = queue.wait(timeout, self.max_connections)
-        if value is OVERLOADED:  # refused at once: it did not wait
+        if value is OVERLOADED or value is SHED:  # refused at once: it did not wait
             stats.refused_at_once += 1
-            self._no_connection(
-                0.0,
-                "overload",
-                "Overloaded: waiters give up before their turn and the queue already holds "
-                f"{queue.queued_work(self.max_connections) * 1000.0:.1f} ms of work, so a newcomer is refused at once",
-            )
-        left = remaining() if value is SHED else None
-        if left:  # refused at once: the budget cannot cover the wait, and it did not wait
-            stats.refused_at_once += 1
-            self._no_connection(
-                0.0,
-                "deadline",
-                f"The caller's deadline ({left * 1000.0:.1f} ms left) would run out before its turn "
-                f"(expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms)",
-            )
+            if value is OVERLOADED:
+                reason = "overload"
+                why = (
+                    "Overloaded: waiters give up before their turn and the queue already holds "
+                    f"{queue.queued_work(self.max_connections) * 1000.0:.1f} ms of work, so a newcomer is refused "
+                    "at once"
+                )
+            else:
+                reason = "deadline"
+                why = (
+                    f"The caller's deadline ({(remaining() or 0.0) * 1000.0:.1f} ms left) would run out before its "
+                    f"turn (expected wait {queue.expected_wait(self.max_connections) * 1000.0:.1f} ms)"
+                )
+            self._no_connection(0.0, reason, why)
         waited_ms = (_green.monotonic() - start) * 1000.0
         stats.requests_queued += 1
         stats.requests_wait_ms += waited_ms
         stats.waits_ms.append(waited_ms)
         stats.wait_hist.record(waited_ms)
-        if value is SHED:  # skipped by a hand-off: the budget ran out while queued
+        if value is RAN_OUT:  # skipped by a hand-off: the budget ran out while queued
             why = f"The caller's deadline ran out while it waited ({waited_ms:.1f} ms)"
             self._no_connection(waited_ms / 1000.0, "deadline", why)
         if value is EXPIRED:

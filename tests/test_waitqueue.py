@@ -361,6 +361,10 @@ def test_checkout_that_cannot_be_served_in_time_fails_at_once(clock: Clock) -> N
     stats = pool.get_stats()
     assert stats["requests_shed"] == 1 and pool.size == size and pool.waiting == 5
     assert stats["requests_queued"] == queued and pool.get_histograms()["wait"].count == waits  # it did not wait
+    with deadline(0):  # already spent: refused at once too, not a wait that ran out
+        with pytest.raises(PoolTimeout, match=r"deadline \(0.0 ms left\) would run out before its turn"):
+            pool.acquire()
+    assert pool.get_stats()["requests_queued"] == queued and pool.get_histograms()["wait"].count == waits
     with deadline(5):
         late = gevent.spawn(pool.acquire)
         gevent.sleep(0)
